@@ -1,0 +1,1 @@
+"""repro: reproducing Ioffe & Szegedy (2015), Batch Normalization."""
