@@ -1,0 +1,36 @@
+"""Shared fixtures: compose the real Hydra configs as the CLI does."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from repro.config import Config, register_configs, to_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+torch_threads = os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def compose_config(overrides: list[str]) -> Config:
+    """The typed Config the CLI would build for these overrides."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=overrides))
+
+
+@pytest.fixture
+def smoke(tmp_path):
+    """Compose a smoke-scale config writing under tmp_path."""
+
+    def make(*overrides: str) -> Config:
+        return compose_config(["scale=smoke", f"runs_dir={tmp_path / 'runs'}", *overrides])
+
+    return make

@@ -1,0 +1,68 @@
+"""Every experiment composes against the typed schema; bad keys and types fail at compose time."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from repro.config import Config
+from tests.conftest import EXPERIMENTS, ROOT, compose_config
+
+SCALES = ("smoke", "cpu", "gpu", "paper")
+
+
+def _recipe_exists(family: str, scale: str) -> bool:
+    return (ROOT / "conf" / "recipe" / family / f"{scale}.yaml").exists()
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("scale", SCALES)
+def test_every_experiment_composes(experiment, scale):
+    family = compose_config([f"experiment={experiment}", "scale=smoke"]).family
+    if not _recipe_exists(family, scale):
+        pytest.skip(f"{family} has no {scale} recipe")
+    cfg = compose_config([f"experiment={experiment}", f"scale={scale}"])
+    assert isinstance(cfg, Config)
+    assert cfg.experiment == experiment and cfg.scale.name == scale
+    assert cfg.train.steps > 0 and cfg.train.batch_size > 0 and cfg.optim.lr > 0
+
+
+def test_fig1_protocol_matches_paper():
+    """§2: 3x100 sigmoid, batch 60, 50,000 steps, binary input; BN only in fig1_bn."""
+    for exp, norm in (("fig1_baseline", "none"), ("fig1_bn", "bn")):
+        cfg = compose_config([f"experiment={exp}", "scale=cpu"])
+        assert (cfg.train.steps, cfg.train.batch_size) == (50000, 60)
+        assert cfg.model.hidden == [100, 100, 100] and cfg.model.act == "sigmoid" and cfg.model.norm == norm
+        assert cfg.data.binarize
+    a, b = (compose_config([f"experiment={e}", "scale=cpu"]) for e in ("fig1_baseline", "fig1_bn"))
+    assert (a.optim, a.model.init_std) == (b.optim, b.model.init_std)  # same optimizer for both nets
+
+
+def test_unknown_key_fails_at_compose():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config(["train.stepz=10"])
+    assert "stepz" in str(e.value.__cause__ or e.value)
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises((ConfigCompositionException, ValidationError)) as e:
+        compose_config(["train.steps=many"])
+    assert "steps" in str(e.value.__cause__ or e.value)
+
+
+def test_cli_unknown_key_is_one_clear_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "repro.train", "train.stepz=10", f"runs_dir={tmp_path}"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0
+    assert "stepz" in out.stderr and "Traceback" not in out.stderr
+    assert not any(tmp_path.iterdir()) if tmp_path.exists() else True
+
+
+def test_missing_scale_recipe_names_options():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as e:
+        compose_config(["experiment=fig1_bn", "scale=nonexistent"])
+    assert "nonexistent" in str(e.value)

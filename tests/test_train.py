@@ -1,0 +1,127 @@
+"""The runner end to end at smoke scale: learning, run files, resume, bad input, the report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from repro import records
+from repro.errors import ReproError
+from repro.optim import lr_at
+from repro.train import Batcher, run
+from tests.conftest import ROOT, compose_config
+
+
+def test_smoke_run_learns_and_writes_its_files(smoke):
+    summary = run(smoke("experiment=fig1_bn"))
+    assert summary["status"] == "complete" and summary["steps"] == 300
+    assert summary["final_test_acc"] > 0.6  # chance is 0.1
+    d = records.Path(summary["run_dir"])
+    assert d.name.startswith("fig1_bn-smoke-s1-")
+    assert yaml.safe_load((d / "config.yaml").read_text())["model"]["norm"] == "bn"
+    env = json.loads((d / "env.json").read_text())
+    assert env["torch"] and env["data"]["n_train"] == 1000 and env["data"]["source"]
+    rows = records.read_jsonl(d / "metrics.jsonl")
+    assert [r["step"] for r in rows if "test_acc" in r] == [0, 100, 200, 300]
+    probe = rows[-1]["probe"]
+    assert len(probe["p50"]) == 8 and all(a <= b <= c for a, b, c in zip(probe["p15"], probe["p50"], probe["p85"]))
+    assert json.loads((d / "summary.json").read_text()) == summary
+
+
+def test_baseline_learns_too(smoke):
+    assert run(smoke("experiment=fig1_baseline"))["final_test_acc"] > 0.3
+
+
+def test_runs_never_overwrite_each_other(smoke):
+    a = run(smoke("experiment=fig1_bn", "train.steps=50", "resume=never"))
+    b = run(smoke("experiment=fig1_bn", "train.steps=50", "resume=never"))
+    assert a["run_dir"] != b["run_dir"] and b["run_dir"].endswith(".2")
+    # resume=auto finds the finished run and does not train again
+    c = run(smoke("experiment=fig1_bn", "train.steps=50", "resume=auto"))
+    assert c["run_dir"] == b["run_dir"]
+
+
+def test_interrupted_run_resumes_to_the_same_metrics(smoke, tmp_path, monkeypatch):
+    """A run killed after step 150 resumes from its step-100 checkpoint; metrics equal an unbroken run."""
+    overrides = ("experiment=fig1_bn", "train.checkpoint_every=100", "train.log_every=50", "resume=auto")
+    full = run(compose_config(["scale=smoke", f"runs_dir={tmp_path / 'a'}", *overrides]))
+
+    calls = {"n": 0}
+    original = Batcher.next
+
+    def dying_next(self):
+        calls["n"] += 1
+        if calls["n"] > 150:
+            raise KeyboardInterrupt
+        return original(self)
+
+    cfg = compose_config(["scale=smoke", f"runs_dir={tmp_path / 'b'}", *overrides])
+    monkeypatch.setattr(Batcher, "next", dying_next)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    monkeypatch.setattr(Batcher, "next", original)
+    resumed = run(cfg)
+    assert resumed["run_dir"].startswith(str(tmp_path / "b"))
+
+    def strip(summary):
+        return [{k: v for k, v in r.items() if k != "wall"}
+                for r in records.read_jsonl(records.Path(summary["run_dir"]) / "metrics.jsonl")]
+
+    assert strip(resumed) == strip(full)  # bit-identical on CPU
+
+
+def test_nan_loss_is_recorded_as_divergence(smoke):
+    summary = run(smoke("experiment=fig1_baseline", "model.act=relu", "optim.lr=1e6", "model.init_std=1.0"))
+    assert summary["status"] == "diverged" and 0 < summary["diverged_at"] <= 300
+    saved = json.loads((records.Path(summary["run_dir"]) / "summary.json").read_text())
+    assert saved["status"] == "diverged"
+
+
+def _cli(*args, tmp_path):
+    return subprocess.run([sys.executable, "-m", "repro.train", "scale=smoke", f"runs_dir={tmp_path}", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_cli_nan_is_one_line_and_nonzero(tmp_path):
+    out = _cli("experiment=fig1_baseline", "model.act=relu", "optim.lr=1e6", "model.init_std=1.0", tmp_path=tmp_path)
+    assert out.returncode == 3
+    assert "diverged" in out.stderr and "lower optim.lr" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_missing_forced_dataset_is_one_clear_error(tmp_path):
+    out = _cli("data=fashion_mnist", "data.source=debian", f"data.debian_dir={tmp_path / 'nope'}",
+               tmp_path=tmp_path / "runs")
+    assert out.returncode == 2
+    assert "error:" in out.stderr and "apt-get install dataset-fashion-mnist" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").glob("fig1*"))  # nothing half-made
+
+
+def test_corrupt_checkpoint_names_the_fix(smoke):
+    cfg = smoke("experiment=fig1_bn", "train.steps=50", "resume=auto")
+    d = records.new_run_dir(cfg)
+    (d / "ckpt.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ReproError, match="corrupt.*resume=never"):
+        run(cfg)
+
+
+def test_lr_schedule_is_a_pure_function_of_step(smoke):
+    o = smoke("optim.schedule=exponential", "optim.decay_rate=0.5", "optim.decay_steps=100", "optim.lr=1.0").optim
+    assert lr_at(0, o) == 1.0 and lr_at(100, o) == pytest.approx(0.5) and lr_at(200, o) == pytest.approx(0.25)
+    o.decay_speedup, o.lr_mult = 6.0, 5.0  # §4.2.1: x5 rate, 6x faster decay
+    assert lr_at(100, o) == pytest.approx(5.0 * 0.5**6)
+
+
+def test_wandb_offline_mirrors_the_metrics(smoke, tmp_path):
+    cfg = smoke("experiment=fig1_bn", "train.steps=100", "logger.wandb.mode=offline",
+                f"logger.wandb.dir={tmp_path / 'wandb'}")
+    summary = run(cfg)
+    offline = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1  # one wandb run per job
+    assert list(offline[0].glob("*.wandb"))
+    ckpt = records.load_checkpoint(records.Path(summary["run_dir"]))
+    assert ckpt["wandb_id"] and ckpt["wandb_id"] in offline[0].name  # resumable wandb run id
