@@ -1,0 +1,97 @@
+"""All distributed code in one place. The same calls work under `python -m` (world size 1) and
+under `torchrun` (PyTorch DDP; gloo on CPU, NCCL on GPU). Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def setup(device_name: str = "auto") -> torch.device:
+    """Join the process group when torchrun launched us; return this rank's device."""
+    use_cuda = torch.cuda.is_available() and not device_name.startswith("cpu")
+    if launched_by_torchrun() and not is_distributed():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    if use_cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def teardown() -> None:
+    if is_distributed():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s object on every rank (e.g. the run directory rank 0 chose)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place; returns `t` for chaining."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def shard(n: int) -> range:
+    """This rank's share of n items, each item on exactly one rank (no padding, unlike
+    DistributedSampler, so distributed evaluation counts every image once)."""
+    return range(rank(), n, world_size())
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def average_buffers(model: torch.nn.Module) -> None:
+    """Make BN running statistics identical on every rank before evaluation: BN statistics are per
+    replica during training, as in the paper, so each rank's moving averages drift apart (timm's
+    `distribute_bn` does the same)."""
+    if not is_distributed():
+        return
+    for name, buf in model.named_buffers():
+        if buf.dtype.is_floating_point and ("running_mean" in name or "running_var" in name):
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf /= world_size()
