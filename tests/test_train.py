@@ -12,7 +12,8 @@ import yaml
 from repro import records
 from repro.errors import ReproError
 from repro.optim import lr_at
-from repro.train import Batcher, run
+from repro.loaders import InMemoryStream
+from repro.train import run
 from tests.conftest import ROOT, compose_config
 
 
@@ -51,7 +52,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(smoke, tmp_path, monkeypatc
     full = run(compose_config(["scale=smoke", f"runs_dir={tmp_path / 'a'}", *overrides]))
 
     calls = {"n": 0}
-    original = Batcher.next
+    original = InMemoryStream.next
 
     def dying_next(self):
         calls["n"] += 1
@@ -60,10 +61,10 @@ def test_interrupted_run_resumes_to_the_same_metrics(smoke, tmp_path, monkeypatc
         return original(self)
 
     cfg = compose_config(["scale=smoke", f"runs_dir={tmp_path / 'b'}", *overrides])
-    monkeypatch.setattr(Batcher, "next", dying_next)
+    monkeypatch.setattr(InMemoryStream, "next", dying_next)
     with pytest.raises(KeyboardInterrupt):
         run(cfg)
-    monkeypatch.setattr(Batcher, "next", original)
+    monkeypatch.setattr(InMemoryStream, "next", original)
     resumed = run(cfg)
     assert resumed["run_dir"].startswith(str(tmp_path / "b"))
 

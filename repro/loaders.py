@@ -1,0 +1,223 @@
+"""Training-batch streams and exact-once evaluation, for in-memory tensors and image folders.
+
+Small datasets (MNIST, Fashion-MNIST) stay on the device as tensors and batches are drawn by index,
+augmented in one vectorized call: no DataLoader, no per-sample Python. Large ones (ImageNet as an
+ImageFolder, CIFAR-10) go through a DataLoader with workers and pinned memory. Both streams
+checkpoint their exact position, so a resumed run sees the batches an unbroken run would.
+
+§4.2.1 change 6 ("shuffle training examples more thoroughly") is `data.shuffle`: `full` draws a new
+permutation every pass; `fixed_batches` keeps each mini-batch's members together across passes and
+only reorders the batches, so "the same examples keep sharing a mini-batch", as without
+within-shard shuffling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Sampler
+
+from repro import dist
+from repro.config import DataConfig
+from repro.errors import DataError, ReproError
+
+# ----------------------------------------------------------------------------------------------
+# In-memory stream
+
+
+def distort(x: torch.Tensor, strength: float, translate: int, gen: torch.Generator) -> torch.Tensor:
+    """Random shift by up to `translate` px and brightness/contrast jitter of relative `strength`
+    (§4.2.1 change 7 lowers it), per image, in one batched call."""
+    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    if translate:
+        pad = F.pad(x, [translate] * 4)
+        dy, dx = torch.randint(0, 2 * translate + 1, (2, n, 1, 1), generator=gen).to(x.device)
+        rows = torch.arange(h, device=x.device).view(1, h, 1) + dy  # (n, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w) + dx  # (n, 1, w)
+        x = pad[torch.arange(n, device=x.device).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)  # (n, C, h, w)
+    if strength:
+        u = (torch.rand(2, n, 1, 1, 1, generator=gen) * 2 - 1).to(x.device) * strength
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * (1 + u[1]) + mean + u[0]).clamp(0, 1)
+    return x
+
+
+class InMemoryStream:
+    """Mini-batches by index from tensors already on the device.
+
+    Under DDP every rank draws the same permutation (same seed) and takes its own slice of each
+    global batch of batch_size x world_size images, so replicas never see the same image in a step.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, cfg: DataConfig):
+        self.x, self.y, self.cfg = x, y, cfg
+        self.local, self.world = batch_size, dist.world_size()
+        self.batch = batch_size * self.world
+        self.n = len(y) - len(y) % self.batch  # whole global batches only
+        if self.n == 0:
+            raise ReproError(f"train.batch_size={batch_size} x {self.world} replicas exceeds the {len(y)} "
+                             f"training images: lower train.batch_size")
+        if cfg.shuffle not in ("full", "fixed_batches"):
+            raise ReproError(f"data.shuffle={cfg.shuffle!r} is not valid: use full or fixed_batches")
+        self.gen = torch.Generator().manual_seed(seed)
+        self.aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
+        self._batches = torch.randperm(len(y), generator=self.gen)[: self.n].view(-1, self.batch)
+        self.order, self.pos = self._new_order(), 0
+
+    def _new_order(self) -> torch.Tensor:
+        if self.cfg.shuffle == "full":
+            perm = torch.randperm(len(self.y), generator=self.gen)[: self.n]
+            return perm.view(-1, self.batch)
+        return self._batches[torch.randperm(len(self._batches), generator=self.gen)]
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pos == len(self.order):
+            self.order, self.pos = self._new_order(), 0
+        r = dist.rank()
+        idx = self.order[self.pos, r * self.local:(r + 1) * self.local].to(self.x.device)
+        self.pos += 1
+        x = self.x[idx]
+        if self.cfg.augment or self.cfg.distort:
+            x = distort(x, self.cfg.distort, self.cfg.translate if self.cfg.augment else 0, self.aug_gen)
+        return x, self.y[idx]
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "aug_gen": self.aug_gen.get_state(), "order": self.order,
+                "pos": self.pos, "batches": self._batches}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.gen.set_state(s["gen"])
+        self.aug_gen.set_state(s["aug_gen"])
+        self.order, self.pos, self._batches = s["order"], s["pos"], s["batches"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Image-folder stream (ImageNet, CIFAR-10)
+
+
+class ResumableSampler(Sampler[int]):
+    """Each rank's indices of a seeded per-epoch permutation, starting at a saved position."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
+        self.n, self.batch, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.world, self.rank = dist.world_size(), dist.rank()
+        self.per_rank = n // self.world // batch_size * batch_size  # drop the ragged tail
+        self.epoch, self.start = 0, 0
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        mine = perm[self.rank::self.world][: self.per_rank]
+        return iter(mine[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+class LoaderStream:
+    """Batches from a DataLoader with workers and pinned memory; position = (epoch, batch)."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, workers: int, device: torch.device):
+        self.dataset, self.batch, self.device, self.workers = dataset, batch_size, device, workers
+        self.sampler = ResumableSampler(len(dataset), batch_size, seed)
+        if self.sampler.per_rank == 0:
+            raise ReproError(f"train.batch_size={batch_size} exceeds this rank's share of {len(dataset)} images")
+        self.batches_done, self._it = 0, None
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch, sampler=self.sampler, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda", drop_last=True,
+                          persistent_workers=False, prefetch_factor=4 if self.workers else None)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._it is None:
+            self.sampler.start = self.batches_done * self.batch
+            self._it = iter(self._loader())
+        try:
+            x, y = next(self._it)
+        except StopIteration:
+            self.sampler.epoch, self.batches_done, self.sampler.start = self.sampler.epoch + 1, 0, 0
+            self._it = iter(self._loader())
+            x, y = next(self._it)
+        self.batches_done += 1
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.sampler.epoch, self.batches_done, self._it = s["epoch"], s["batches_done"], None
+
+
+def folder_datasets(cfg: DataConfig):
+    """(train, val) torchvision datasets with the paper's Inception-style crops and photometric
+    distortions for training, a resize + center crop for validation (one crop, §4.2)."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    size = cfg.image_size
+    train_tf = [v2.RandomResizedCrop(size, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+    if cfg.distort:
+        s = cfg.distort
+        train_tf.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.5, s / 4)))
+    norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    train_t = v2.Compose([v2.ToImage(), *train_tf, v2.ToDtype(torch.float32, scale=True)])
+    val_t = v2.Compose([v2.ToImage(), v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size),
+                        *norm[1:]])
+    root = Path(cfg.root)
+    if cfg.name == "imagenet":
+        if not (root / "train").is_dir() or not (root / "val").is_dir():
+            raise DataError(f"ImageNet not found: expected {root}/train and {root}/val class folders "
+                            f"(ILSVRC2012); set data.root=DIR")
+        return datasets.ImageFolder(root / "train", train_t), datasets.ImageFolder(root / "val", val_t)
+    if cfg.name == "cifar10":
+        try:
+            return (datasets.CIFAR10(root, train=True, transform=train_t, download=cfg.download),
+                    datasets.CIFAR10(root, train=False, transform=val_t, download=cfg.download))
+        except (RuntimeError, OSError) as e:
+            raise DataError(f"CIFAR-10 not found in {root} and could not be downloaded ({e}): put "
+                            f"cifar-10-batches-py under data.root, or run where there is a network") from e
+    raise DataError(f"data.name={cfg.name!r} has no folder loader: use imagenet or cifar10")
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact-once evaluation
+
+
+@torch.no_grad()
+def evaluate(model, batches, n_total: int) -> dict:
+    """Top-1 accuracy and loss over a held-out set that the ranks split without overlap or padding
+    (DistributedSampler would pad, counting some images twice). Sums are all-reduced."""
+    model.eval()
+    sums = None
+    for x, y in batches:
+        logits = model(x).float()
+        part = torch.stack([(logits.argmax(1) == y).sum().double(),
+                            F.cross_entropy(logits, y, reduction="sum").double(),
+                            torch.tensor(len(y), dtype=torch.float64, device=y.device)])
+        sums = part if sums is None else sums + part
+    model.train()
+    device = next(model.parameters()).device
+    sums = dist.all_reduce_sum(sums if sums is not None else torch.zeros(3, dtype=torch.float64, device=device))
+    correct, loss, seen = sums.tolist()
+    if int(seen) != n_total:
+        raise RuntimeError(f"evaluation saw {int(seen)} images, expected {n_total}")
+    return {"test_acc": correct / seen, "test_loss": loss / seen}
+
+
+def tensor_eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    """This rank's share of in-memory test tensors, in batches."""
+    idx = torch.as_tensor(dist.shard(len(y)), device=x.device)
+    for i in range(0, len(idx), batch_size):
+        j = idx[i:i + batch_size]
+        yield x[j], y[j]
+
+
+def loader_eval_batches(dataset, batch_size: int, workers: int, device: torch.device):
+    """This rank's share of a folder dataset: indices rank, rank + world, ... (no padding)."""
+    loader = DataLoader(torch.utils.data.Subset(dataset, list(dist.shard(len(dataset)))), batch_size=batch_size,
+                        num_workers=workers, pin_memory=device.type == "cuda")
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
