@@ -12,7 +12,7 @@ RUNS ?= runs
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install reproduce reproduce-fig1 lr-sweep report-fig1 test test-fast bench lint clean
+.PHONY: help install reproduce reproduce-fig1 reproduce-fig2 lr-sweep report-fig1 report-fig2 test bench lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -34,6 +34,14 @@ reproduce-fig1: install ## Figure 1: train both MLPs for SEEDS at SCALE, then wr
 
 report-fig1: install ## Rebuild the Figure 1 report from recorded runs
 	$(PY) -m repro.report fig1 --scale $(SCALE) --runs-dir $(RUNS)
+
+FIG2 := inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid,inception_sigmoid
+reproduce-fig2: install ## Figures 2-3: the six Inception variants for SEEDS at SCALE, then results/fig2/SCALE/
+	$(PY) -m repro.train -m experiment=$(FIG2) scale=$(SCALE) seed=$(SEEDS) resume=auto runs_dir=$(RUNS) $(PARALLEL)
+	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS)
+
+report-fig2: install ## Rebuild the Figures 2-3 report from recorded runs
+	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS)
 
 lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/family/fig1.yaml
 	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=cpu train.steps=10000 optim.lr=0.1,0.3,1.0,3.0,10.0 model.init_std=0.1,0.01 logger.wandb.mode=disabled resume=auto runs_dir=$(RUNS)/lr_sweep $(PARALLEL)

@@ -40,7 +40,7 @@ does not favour BN. Built by `python -m repro.report lr-sweep --runs-dir {runs_d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.report", description=__doc__)
-    parser.add_argument("figure", choices=["fig1", "lr-sweep"])
+    parser.add_argument("figure", choices=["fig1", "fig2", "lr-sweep"])
     parser.add_argument("--scale", default="cpu", help="smoke | cpu | gpu | paper")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -50,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.figure == "lr-sweep":
             path = lr_sweep(args.runs_dir or Path("runs/lr_sweep"), args.out)
         else:
-            from repro.report import fig1
+            import importlib
 
+            module = importlib.import_module(f"repro.report.{args.figure}")
             claims = args.claims or Path("results") / args.figure / "claims.yaml"
-            path = fig1.build(args.runs_dir or Path("runs"), args.scale, args.out, claims)
+            path = module.build(args.runs_dir or Path("runs"), args.scale, args.out, claims)
     except ReproError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
