@@ -50,8 +50,9 @@ lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/
 test: install ## Run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
 
-bench: install ## Speed: pipeline vs bare torch loop (Figure 1), our Inception vs timm's per MAC
+bench: install ## Speed: Figure 1 job and the runner vs bare torch loops; our Inception vs timm per MAC
 	$(PY) scripts/bench_fig1.py
+	$(PY) scripts/bench_runner.py
 	$(PY) scripts/bench_models.py
 
 lint: install ## ruff

@@ -32,9 +32,18 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
+def _export_slurm_env() -> None:
+    """Under SLURM (Hydra's submitit launcher, one task per GPU), set the variables torchrun would."""
+    if "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SUBMITIT_FOLDER" in os.environ:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export()
+
+
 def setup(device_name: str = "auto") -> torch.device:
-    """Join the process group when torchrun launched us; return this rank's device."""
+    """Join the process group when torchrun or SLURM launched us; return this rank's device."""
     use_cuda = torch.cuda.is_available() and not device_name.startswith("cpu")
+    _export_slurm_env()
     if launched_by_torchrun() and not is_distributed():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
     if use_cuda:
