@@ -36,8 +36,8 @@ def bare_mlp(bn: bool) -> nn.Sequential:
 
 def bare(steps: int, batch: int) -> float:
     """Seconds for the bare loop to train both nets on MNIST-sized in-memory data."""
-    from repro.data import load_splits
     from repro.config import DataConfig
+    from repro.data import load_splits
 
     splits = load_splits(DataConfig(name="mnist", binarize=True, download=False))
     x, y = splits.x_train, splits.y_train

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -15,7 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
-torch_threads = os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Test tensors are tiny: one thread per process is faster than two fighting over 2 cores, and
+# subprocesses (CLI, torchrun) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def compose_config(overrides: list[str]) -> Config:

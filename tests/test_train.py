@@ -11,8 +11,8 @@ import yaml
 
 from repro import records
 from repro.errors import ReproError
-from repro.optim import lr_at
 from repro.loaders import InMemoryStream
+from repro.optim import lr_at
 from repro.train import run
 from tests.conftest import ROOT, compose_config
 

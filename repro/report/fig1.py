@@ -14,7 +14,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from repro.report import (  # noqa: E402
-    Run, fmt, load_claims, load_runs, md_table, mean_curve, save_figure, steps_to_reach, value_at, verdict,
+    Run,
+    fmt,
+    load_claims,
+    load_runs,
+    md_table,
+    mean_curve,
+    save_figure,
+    steps_to_reach,
+    value_at,
+    verdict,
     write_text,
 )
 
@@ -112,14 +121,10 @@ def build(runs_dir: Path, scale: str, out_root: Path, claims_path: Path) -> Path
     plot_accuracy(curves, n_seeds, out / "fig1a.png")
     units = plot_percentiles(runs, out / "fig1bc.png")
 
-    steps = curves[BASE][0]
+    by_step = {e: {int(t): (m, sd) for t, m, sd in zip(*curves[e])} for e in (BASE, BN)}
     csv = "step," + ",".join(f"{e}_mean,{e}_std" for e in (BASE, BN)) + "\n"
-    for i, s in enumerate(steps):
-        vals = []
-        for e in (BASE, BN):
-            j = np.searchsorted(curves[e][0], s)
-            vals += [f"{curves[e][1][j]:.5f}", f"{curves[e][2][j]:.5f}"]
-        csv += f"{int(s)}," + ",".join(vals) + "\n"
+    for t in sorted(set(by_step[BASE]) & set(by_step[BN])):
+        csv += f"{t}," + ",".join(f"{by_step[e][t][0]:.5f},{by_step[e][t][1]:.5f}" for e in (BASE, BN)) + "\n"
     write_text(out / "curves.csv", csv)
 
     claims = load_claims(claims_path)

@@ -16,7 +16,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from repro.report import (  # noqa: E402
-    Run, fmt, load_claims, load_runs, md_table, mean_curve, save_figure, steps_to_reach, verdict, write_text,
+    Run,
+    fmt,
+    load_claims,
+    load_runs,
+    md_table,
+    mean_curve,
+    save_figure,
+    steps_to_reach,
+    verdict,
+    write_text,
 )
 
 # Figure 3 of the paper (facts §5): steps to 72.2% (Inception's max) and each net's max accuracy.

@@ -1,0 +1,292 @@
+"""Figure 4 (facts §6): evaluate trained runs with 1, 10 or 144 crops, alone or as an ensemble.
+
+    python -m repro.evaluate RUN_DIR [RUN_DIR ...] --crops 144 --bn-stats population --out fig4.json
+    torchrun --nproc_per_node=2 -m repro.evaluate RUN_DIR ... --device cpu
+
+Each network's softmax probabilities are averaged over its views, then the ensemble takes the
+arithmetic mean of the networks' class probabilities (§4.2.3), never of their logits. BN uses either
+the moving averages left by training (`ema`, §3.1's alternative) or Alg. 2's population statistics
+recomputed over K training mini-batches (`population`, repro.bnstats). Under torchrun each rank
+evaluates `dist.shard(N)`, so every test image is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from omegaconf import OmegaConf
+from torch import nn
+from tqdm import tqdm
+
+from repro import dist, records
+from repro.bnstats import bn_audit, buffers_identical_across_ranks, population_statistics
+from repro.config import Config
+from repro.crops import VIEWS, multi_crop
+from repro.data import DATASETS, Splits, load_splits
+from repro.errors import ReproError
+from repro.train import build_model
+
+BN_STATS = ("ema", "population")
+DEFAULT_POP_BATCHES = 100  # our choice: Alg. 2 says "many" mini-batches; 100 x 60 = 6,000 images for Fig. 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Averaging and scoring
+
+
+def average_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of the softmax of each (N, K) logit tensor: §4.2.3's rule for views and for networks."""
+    return torch.stack([z.float().softmax(-1) for z in logits]).mean(0)
+
+
+def correct_at(probs: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many labels `y` fall in the top-k classes of `probs`, for each k (capped at K classes)."""
+    top = probs.topk(min(max(ks), probs.shape[-1]), dim=-1).indices  # (N, k)
+    hits = top == y[:, None]
+    return [int(hits[:, :k].any(1).sum()) for k in ks]
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading runs
+
+
+@dataclass
+class Run:
+    """One trained network ready to evaluate."""
+
+    run_dir: Path
+    cfg: Config
+    splits: Splits
+    model: nn.Module
+
+
+def read_config(run_dir: Path) -> Config:
+    """The typed Config a run recorded in its config.yaml."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        raise ReproError(f"{run_dir} has no config.yaml: pass a run directory written by repro.train")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), yaml.safe_load(path.read_text()))
+        return OmegaConf.to_object(merged)
+    except Exception as e:  # omegaconf raises several types for keys or values the schema rejects
+        raise ReproError(f"{path} does not fit this version's config schema ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0]})") from e
+
+
+def _test_set_key(s: Splits) -> tuple:
+    return s.name, s.num_classes, len(s.y_test), tuple(s.x_test.shape[1:])
+
+
+def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
+    """Each run's config, data and checkpointed network; all must share one test set."""
+    if not run_dirs:
+        raise ReproError("no run directory given: pass one or more runs/<experiment>-... directories")
+    cache: dict[str, Splits] = {}  # ensemble members usually share their data config
+    runs = []
+    for d in map(Path, run_dirs):
+        if not d.is_dir():
+            raise ReproError(f"run directory {d} does not exist")
+        cfg = read_config(d)
+        ckpt = records.load_checkpoint(d)
+        if ckpt is None:
+            raise ReproError(f"{d} has no ckpt.pt: the run did not finish (see its summary.json); "
+                             f"resume it with resume=auto, or leave it out")
+        if cfg.data.name not in DATASETS:
+            raise ReproError(f"{d} was trained on {cfg.data.name}: repro.evaluate reads in-memory "
+                             f"datasets ({', '.join(DATASETS)}) only; folder datasets are not supported yet")
+        key = repr(asdict(cfg.data))
+        if key not in cache:
+            cache[key] = load_splits(cfg.data)
+        splits = cache[key]
+        model = build_model(cfg.model, splits.x_train.shape[1], splits.num_classes, splits.x_train.shape[-1])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise ReproError(f"{d}/ckpt.pt does not fit the model its config.yaml builds "
+                             f"({cfg.model.name}): {str(e).splitlines()[0]}") from e
+        runs.append(Run(d, cfg, splits, model.to(device).eval()))
+    first = runs[0]
+    for r in runs[1:]:
+        same = _test_set_key(r.splits) == _test_set_key(first.splits)
+        if not (same and torch.equal(r.splits.y_test, first.splits.y_test)
+                and torch.equal(r.splits.x_test, first.splits.x_test)):
+            a, b = first.splits, r.splits
+            raise ReproError(
+                f"{first.run_dir.name} and {r.run_dir.name} have different test sets ({a.name}, "
+                f"{a.num_classes} classes, {len(a.y_test)} images vs {b.name}, {b.num_classes} classes, "
+                f"{len(b.y_test)} images): an ensemble averages networks over one test set")
+    return runs
+
+
+def training_batches(n: int, batch_size: int, num_batches: int, seed: int) -> list[torch.Tensor]:
+    """Indices of `num_batches` mini-batches: successive seeded shuffles of n images, tails dropped."""
+    if batch_size > n:
+        raise ReproError(f"train.batch_size={batch_size} exceeds the {n} training images")
+    gen = torch.Generator().manual_seed(seed)
+    per_pass = n // batch_size
+    out = []
+    while len(out) < num_batches:
+        out += list(torch.randperm(n, generator=gen)[: per_pass * batch_size].view(per_pass, batch_size))
+    return out[:num_batches]
+
+
+def with_population_statistics(run: Run, num_batches: int, device: torch.device) -> nn.Module:
+    """Alg. 2: the run's network with BN statistics averaged over `num_batches` training batches."""
+    x_train = run.splits.x_train
+    # m is the per-replica batch each BN layer normalized over in training. The images are the
+    # undistorted training set, as the inference network sees images (our choice: Alg. 2 does not say).
+    indices = training_batches(len(x_train), run.cfg.train.batch_size, num_batches, run.cfg.seed)
+    mine = dist.shard(num_batches)  # every rank draws the same K batches and feeds its share of them
+    return population_statistics(run.model, (x_train[indices[k]] for k in mine), len(mine))
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, crops: int, crop_size: int, batch_size: int,
+            bar: tqdm | None = None) -> torch.Tensor:
+    """(N, K) class probabilities of `model` on images x, averaged over each image's views."""
+    model.eval()
+    step = max(1, batch_size // crops)  # images per forward, so one forward holds ~batch_size views
+    out = []
+    for i in range(0, len(x), step):
+        views = multi_crop(x[i:i + step], crops, crop_size)  # (n, V, C, crop, crop)
+        n, v = views.shape[:2]
+        logits = model(views.flatten(0, 1)).view(n, v, -1)  # (n, V, K)
+        out.append(average_probabilities(list(logits.unbind(1))))
+        if bar is not None:
+            bar.update(n)
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "ema",
+                  pop_batches: int = DEFAULT_POP_BATCHES, *, batch_size: int = 1024,
+                  crop_size: int | None = None, device: str | torch.device = "cpu",
+                  progress: bool | None = None) -> dict:
+    """Top-1/top-5 error (%) of one network or the probability-averaged ensemble of several."""
+    if crops not in VIEWS:
+        raise ReproError(f"--crops {crops} is not one of {VIEWS}")
+    if bn_stats not in BN_STATS:
+        raise ReproError(f"--bn-stats {bn_stats!r} is not one of {BN_STATS}")
+    if bn_stats == "population" and pop_batches < 1:
+        raise ReproError("--pop-batches must be at least 1 for population statistics")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    runs = load_runs(run_dirs, device)
+    x_test, y_test = runs[0].splits.x_test, runs[0].splits.y_test
+    crop_size = crop_size or min(x_test.shape[-2:])  # the size the runner trained and evaluated at
+    mine = dist.shard(len(y_test))
+    x_mine, y_mine = x_test[mine.start::mine.step].to(device), y_test[mine.start::mine.step].to(device)
+
+    probs, audits = [], []
+    bar = tqdm(total=len(runs) * len(y_mine), unit="img", dynamic_ncols=True, desc=f"{crops}-crop",
+               disable=(not dist.is_main()) or (None if progress is None else not progress))
+    for run in runs:
+        model = run.model
+        if bn_stats == "population":
+            model = with_population_statistics(run, pop_batches, device)
+            audits.append(bn_audit(run.model, model))
+        # The checkpoint is one file and the all-reduce gives one sum, so this holds by construction;
+        # checked because per-replica BN statistics that drift apart make ranks disagree silently.
+        if not buffers_identical_across_ranks(model):
+            raise RuntimeError("BN statistics differ across ranks; evaluation would not be one network")
+        probs.append(predict(model, x_mine, crops, crop_size, batch_size, bar))
+    bar.close()
+    ensemble = torch.stack(probs).mean(0)  # §4.2.3: arithmetic mean of the networks' probabilities
+
+    local = {
+        "index": list(mine), "pred": ensemble.argmax(-1).tolist() if len(mine) else [],
+        "correct": [correct_at(p, y_mine) for p in probs] + [correct_at(ensemble, y_mine)],
+    }
+    parts = dist.all_gather_objects(local)  # small: indices, top-1 labels and counts per rank
+    index = [i for p in parts for i in p["index"]]
+    if sorted(index) != list(range(len(y_test))):  # exactly once: no image padded in or dropped
+        raise RuntimeError(f"ranks evaluated {len(index)} images, not each of the {len(y_test)} once")
+    preds = [0] * len(y_test)
+    for p in parts:
+        for i, c in zip(p["index"], p["pred"], strict=True):
+            preds[i] = c
+    counts = torch.tensor([p["correct"] for p in parts]).sum(0)  # (models + 1, 2)
+    n = len(y_test)
+
+    def errors(c: torch.Tensor) -> dict:
+        return {"top1_error": 100.0 * (1 - c[0].item() / n), "top5_error": 100.0 * (1 - c[1].item() / n)}
+
+    per_model = [{"run_dir": str(r.run_dir), "experiment": r.cfg.experiment, "seed": r.cfg.seed,
+                  **errors(c)} for r, c in zip(runs, counts[:-1], strict=True)]
+    for row, audit in zip(per_model, audits, strict=False):
+        row["bn_audit"] = audit
+    return {
+        **errors(counts[-1]), "n_images": n, "crops": crops, "crop_size": crop_size, "models": len(runs),
+        "bn_stats": bn_stats, "pop_batches": pop_batches if bn_stats == "population" else None,
+        "pop_batch_size": [r.cfg.train.batch_size for r in runs] if bn_stats == "population" else None,
+        "dataset": runs[0].splits.describe(), "top5_k": min(5, runs[0].splits.num_classes),
+        "world_size": dist.world_size(), "wall_s": round(time.perf_counter() - t0, 2),
+        "per_model": per_model, "predictions": preds,
+    }
+
+
+def format_table(result: dict) -> str:
+    """The result as a small text table: each network, then the ensemble when there are several."""
+    head = f"{'model':<40} {'crops':>5} {'bn stats':>10} {'N':>6} {'top-1 err':>9} {'top-5 err':>9}"
+    rows = [(Path(m["run_dir"]).name, m) for m in result["per_model"]]
+    if result["models"] > 1:
+        rows.append((f"ensemble of {result['models']}", result))
+    lines = [head] + [f"{name[:40]:<40} {result['crops']:>5} {result['bn_stats']:>10} {result['n_images']:>6} "
+                      f"{r['top1_error']:>8.2f}% {r['top5_error']:>8.2f}%" for name, r in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m repro.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by repro.train")
+    p.add_argument("--crops", type=int, choices=VIEWS, default=1, help="views per image (default 1)")
+    p.add_argument("--bn-stats", choices=BN_STATS, default="ema",
+                   help="BN statistics: training moving averages, or Alg. 2's population statistics")
+    p.add_argument("--pop-batches", type=int, default=DEFAULT_POP_BATCHES, metavar="K",
+                   help=f"training mini-batches for population statistics (default {DEFAULT_POP_BATCHES})")
+    p.add_argument("--batch-size", type=int, default=1024, help="views per forward pass")
+    p.add_argument("--crop-size", type=int, default=None, help="network input size (default: the images')")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: one GPU per rank)")
+    p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the result here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: evaluate, print the table on rank 0, write --out; `error: ...` and exit 2 on bad input."""
+    args = parse_args(argv)
+    device = dist.setup(args.device)
+    main_rank = dist.is_main()  # asked before teardown, after which every process reads as rank 0
+    try:
+        result = evaluate_runs(args.run_dirs, args.crops, args.bn_stats, args.pop_batches,
+                               batch_size=args.batch_size, crop_size=args.crop_size, device=device)
+    except ReproError as e:
+        if main_rank:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        dist.teardown()
+    if main_rank:
+        print(format_table(result))
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            records.write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

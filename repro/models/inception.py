@@ -1,0 +1,339 @@
+"""The Inception variant of Ioffe & Szegedy (2015), appendix Figure 5, with and without BN.
+
+The appendix table *is* the configuration (`STEM`, `TABLES` below); modules carry the paper's names
+(conv1, pool1, conv2, pool2, inception_3a ... inception_5b, pool, fc). Two registered names:
+
+* `inception_paper`: the §4.2 baseline "Inception": no BN, LRN as in GoogLeNet, dropout 40% (§4.2.3).
+* `bn_inception`: BN before every nonlinearity (§3.2, §4.2), LRN and dropout removed (§4.2.1).
+
+Every switch works on both names (see `Inception.__init__`).
+
+The printed table disagrees with itself at 4c/4d: the branch widths add up to 608, the printed
+output is 576 (and 4e's 1024 only follows from 576). `table` picks a reading:
+
+* `"slim"` (default): TF-slim's pool projections of 96 at 4c/4d, so 4c/4d output 576 and 4e 1024.
+  Default because it keeps every printed output size and is the only reading with published counts
+  (11,178,336 parameters, 3.87 GFLOPs = 1.935 GMAC), which tests/test_inception.py reproduces.
+* `"caffe"`: the printed branch widths (pool proj 128), so 4c/4d output 608 and 4e 1056, as the Caffe port.
+
+Choices the paper leaves open (facts §9); ours, each with its reason:
+* Padding is symmetric, so 224 halves exactly to 112/56/28/14/7, as both reference ports.
+* In-module average pools exclude the padding (TF-slim "SAME"); stride-2 pools are 3x3/2.
+* BN learns γ and β (Alg. 1), unlike TF-slim's `scale=False`; eps 1e-3 as TF-slim.
+* The separable conv1 is depthwise (no bias) then pointwise; its norm/bias follow the pointwise conv.
+* Init: fan-in He normal on convs (TF-slim's variance scaling) times `init_scale`; fc N(0, 0.01²).
+* `per_activation_bn=k` (§4.2.3 ensemble, "non-convolutional, per-activation BN in the model's last
+  hidden layers"): every norm layer inside the last k Inception modules (k <= 2: 5b, then 5a, both at
+  the final resolution) normalizes each of the C*H*W activations separately (BatchNorm1d over the
+  flattened map, one γ/β per activation) instead of per feature map. It needs `img_size`. These layers
+  are not folded by `fold_bn` (a per-position scale is no conv).
+* `small_input` (a step beyond the paper, for 28-64 px): conv1 becomes 3x3/1 and pool1 is dropped, so
+  28 px reaches 3a at 14x14 and the head at 4x4; all modules are the same.
+"""
+from collections import OrderedDict
+from functools import partial
+from math import gcd
+from typing import NamedTuple
+
+import torch
+from timm.layers import SelectAdaptivePool2d, create_norm_layer
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+__all__ = ["Inception", "make_norm", "PerActivationBN", "TABLES", "STEM"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The appendix table (Figure 5)
+
+
+class Row(NamedTuple):
+    """One Inception row: #1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool, proj, stride."""
+
+    n1x1: int
+    n3x3red: int
+    n3x3: int
+    d3x3red: int
+    d3x3: int
+    pool: str
+    proj: int  # 0 = "pass through"
+    stride: int = 1
+
+
+# conv1: convolution* 7x7/2 to 64, separable with depth multiplier 8; conv2: 1x1 reduce 64, 3x3 to 192.
+STEM = dict(conv1=64, conv1_kernel=7, depth_multiplier=8, conv2_reduce=64, conv2=192)
+
+PRINTED = OrderedDict(
+    [
+        ("3a", Row(64, 64, 64, 64, 96, "avg", 32)),  # 28x28x256
+        ("3b", Row(64, 64, 96, 64, 96, "avg", 64)),  # 28x28x320
+        ("3c", Row(0, 128, 160, 64, 96, "max", 0, stride=2)),  # 14x14x576 (printed at input size)
+        ("4a", Row(224, 64, 96, 96, 128, "avg", 128)),  # 14x14x576
+        ("4b", Row(192, 96, 128, 96, 128, "avg", 128)),  # 14x14x576
+        ("4c", Row(160, 128, 160, 128, 160, "avg", 128)),  # widths sum to 608, printed 576
+        ("4d", Row(96, 128, 192, 160, 192, "avg", 128)),  # widths sum to 608, printed 576
+        ("4e", Row(0, 128, 192, 192, 256, "max", 0, stride=2)),  # 7x7x1024 (printed at input size)
+        ("5a", Row(352, 192, 320, 160, 224, "avg", 128)),  # 7x7x1024
+        ("5b", Row(352, 192, 320, 192, 224, "max", 128)),  # 7x7x1024
+    ]
+)
+TABLES = {
+    "caffe": PRINTED,  # printed branch widths: 4c/4d output 608, 4e 1056
+    "slim": OrderedDict(  # printed output sizes: 4c/4d pool proj 96 (TF-slim inception_v2.py)
+        (k, r._replace(proj=96) if k in ("4c", "4d") else r) for k, r in PRINTED.items()
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Components
+
+
+def make_norm(norm: str | None, eps: float = 1e-3, momentum: float = 0.1):
+    """Resolve `norm` to a `channels -> module` factory, or None when the layer is unnormalized."""
+    # timm's factory has no "none" (and its apply_norm=False also drops the activation), so wrap it.
+    if norm in (None, "", "none"):
+        return None
+    # bn_momentum is PyTorch's weight of the *new* batch statistic (TF-slim's decay 0.9997 = momentum 3e-4).
+    if norm == "bn":
+        return partial(create_norm_layer, "batchnorm2d", eps=eps, momentum=momentum)
+    if norm == "gn":  # beyond the paper; 32 groups where the (width-scaled) channels allow it
+        return lambda c: create_norm_layer("groupnorm", c, num_groups=gcd(32, c), eps=eps)
+    if norm == "ln":  # beyond the paper; per-position LayerNorm over channels
+        return partial(create_norm_layer, "layernorm2d", eps=eps)
+    raise ValueError(f"norm must be bn | gn | ln | none, got {norm!r}")
+
+
+ACTS = {"relu": partial(nn.ReLU, inplace=True), "sigmoid": nn.Sigmoid}
+
+
+class PerActivationBN(nn.BatchNorm1d):
+    """§4.2.3 ensemble: non-convolutional BN, statistics and (γ, β) per activation, not per map."""
+
+    def __init__(self, num_channels: int, hw: int, **kwargs):
+        super().__init__(num_channels * hw * hw, **kwargs)
+
+    def forward(self, x):
+        return super().forward(x.flatten(1)).view(x.shape)
+
+
+class ConvNormAct(nn.Sequential):
+    """conv -> norm -> act. BN normalizes Wu before the nonlinearity and replaces the bias b (§3.2)."""
+
+    def __init__(self, cin, cout, kernel, stride=1, *, norm=None, act=ACTS["relu"], depth_multiplier=0):
+        layers = OrderedDict()
+        if depth_multiplier:  # conv1*: depthwise kxk (cin -> cin*mult) then pointwise 1x1 (appendix)
+            mid = cin * depth_multiplier
+            layers["dw"] = nn.Conv2d(cin, mid, kernel, stride, kernel // 2, groups=cin, bias=False)
+            layers["conv"] = nn.Conv2d(mid, cout, 1, bias=norm is None)
+        else:
+            layers["conv"] = nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=norm is None)
+        if norm is not None:
+            layers["norm"] = norm(cout)
+        layers["act"] = act()
+        super().__init__(layers)
+
+
+class InceptionModule(nn.Module):
+    """One table row: 1x1 | 1x1 -> 3x3 | 1x1 -> 3x3 -> 3x3 (replaces GoogLeNet's 5x5) | pool (-> 1x1)."""
+
+    def __init__(self, cin: int, row: Row, conv):
+        super().__init__()
+        s = row.stride  # 3c and 4e: stride-2 conv and pooling inside the module, before the concat
+        self.branch_1x1 = conv(cin, row.n1x1, 1) if row.n1x1 else None
+        self.branch_3x3 = nn.Sequential(
+            OrderedDict(reduce=conv(cin, row.n3x3red, 1), conv=conv(row.n3x3red, row.n3x3, 3, s))
+        )
+        self.branch_dbl3x3 = nn.Sequential(
+            OrderedDict(
+                reduce=conv(cin, row.d3x3red, 1),
+                conv_a=conv(row.d3x3red, row.d3x3, 3),
+                conv_b=conv(row.d3x3, row.d3x3, 3, s),
+            )
+        )
+        if row.pool == "avg":
+            pool = nn.AvgPool2d(3, s, 1, count_include_pad=False)
+        else:
+            pool = nn.MaxPool2d(3, s, 1)
+        proj = OrderedDict(pool=pool, proj=conv(cin, row.proj, 1)) if row.proj else OrderedDict(pool=pool)
+        self.branch_pool = nn.Sequential(proj)
+        self.out_chs = row.n1x1 + row.n3x3 + row.d3x3 + (row.proj or cin)  # pass through keeps cin
+
+    def forward(self, x):
+        branches = [self.branch_3x3(x), self.branch_dbl3x3(x), self.branch_pool(x)]
+        if self.branch_1x1 is not None:
+            branches.insert(0, self.branch_1x1(x))
+        return torch.cat(branches, 1)  # filter concatenation
+
+
+# ---------------------------------------------------------------------------------------------------
+# The network
+
+
+class Inception(nn.Module):
+    """Appendix Fig. 5 Inception; BN, LRN, dropout, activation and stem are switches."""
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        norm: str = "bn",
+        act: str = "relu",
+        drop_rate: float = 0.0,
+        lrn: bool = False,
+        conv1: str = "separable",
+        table: str = "slim",
+        per_activation_bn: int = 0,
+        init_scale: float = 1.0,
+        width: float = 1.0,
+        small_input: bool = False,
+        img_size: int | None = None,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.1,
+        global_pool: str = "avg",
+    ):
+        super().__init__()
+        if conv1 not in ("separable", "plain") or table not in TABLES or act not in ACTS:
+            raise ValueError(f"bad conv1={conv1!r}, table={table!r} or act={act!r}")
+        if not 0 <= per_activation_bn <= 2:
+            raise ValueError("per_activation_bn counts modules at the final resolution: 0, 1 or 2")
+        if per_activation_bn and img_size is None:
+            raise ValueError("per_activation_bn needs img_size (one statistic per activation)")
+        self.num_classes, self.drop_rate = num_classes, drop_rate
+
+        def ch(c):  # width multiplier; 0 stays 0 (no 1x1 branch / pass through)
+            return max(8, round(c * width)) if c else 0
+
+        conv = partial(ConvNormAct, norm=make_norm(norm, bn_eps, bn_momentum), act=ACTS[act])
+        stem = {k: ch(v) if k in ("conv1", "conv2_reduce", "conv2") else v for k, v in STEM.items()}
+        k1, s1 = (3, 1) if small_input else (stem["conv1_kernel"], 2)
+        mult = stem["depth_multiplier"] if conv1 == "separable" else 0
+
+        self.conv1 = conv(in_chans, stem["conv1"], k1, s1, depth_multiplier=mult)
+        # small_input keeps full resolution into conv2: a 28 px image cannot afford five halvings
+        self.pool1 = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
+        # LRN where GoogLeNet has it: after pool1 and after conv2 (§4.2.1 removes it with BN)
+        self.lrn1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75) if lrn else nn.Identity()
+        self.conv2 = nn.Sequential(
+            OrderedDict(
+                reduce=conv(stem["conv1"], stem["conv2_reduce"], 1),
+                conv=conv(stem["conv2_reduce"], stem["conv2"], 3),
+            )
+        )
+        self.lrn2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75) if lrn else nn.Identity()
+        self.pool2 = nn.MaxPool2d(3, 2, 1)
+
+        rows = list(TABLES[table].items())
+        final_hw = None
+        if per_activation_bn:  # halvings: conv1, pool1, pool2, 3c, 4e (small_input: pool2, 3c, 4e)
+            final_hw = img_size
+            for _ in range(3 if small_input else 5):
+                final_hw = (final_hw - 1) // 2 + 1
+        cin, reduction = stem["conv2"], 2 if small_input else 8  # after pool2
+        # one feature per resolution (timm features_only): conv1, conv2, and the last module of each
+        self.feature_info = [dict(num_chs=stem["conv1"], reduction=reduction // (2 if small_input else 4),
+                                  module="conv1"), dict(num_chs=cin, reduction=reduction // 2, module="conv2")]
+        for i, (name, row) in enumerate(rows):
+            row = row._replace(**{f: ch(getattr(row, f)) for f in Row._fields if f not in ("pool", "stride")})
+            mconv = conv
+            if i >= len(rows) - per_activation_bn:  # last hidden layers: per-activation BN (§4.2.3)
+                norm_pa = partial(PerActivationBN, hw=final_hw, eps=bn_eps, momentum=bn_momentum)
+                mconv = partial(ConvNormAct, norm=norm_pa, act=ACTS[act])
+            module = InceptionModule(cin, row, mconv)
+            setattr(self, f"inception_{name}", module)
+            cin, reduction = module.out_chs, reduction * row.stride
+            if i + 1 == len(rows) or rows[i + 1][1].stride == 2:
+                self.feature_info.append(dict(num_chs=cin, reduction=reduction, module=f"inception_{name}"))
+
+        self.num_features = self.head_hidden_size = cin
+        self.pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)  # avg pool 7x7/1 at 224
+        # Dropout before the classifier: 40% in Inception (§4.2.3), removed in BN-x5/x30 (§4.2.1)
+        self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(init_scale)
+
+    def _init_weights(self, init_scale: float = 1.0):
+        """The paper gives no init (facts §9); ensemble members use larger conv weights (§4.2.3)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                m.weight.data.mul_(init_scale)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+            # norm layers keep PyTorch's γ = 1, β = 0, i.e. BN starts as plain standardization
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.normal_(self.fc.weight, std=0.01)
+            nn.init.zeros_(self.fc.bias)
+
+    def forward_features(self, x):
+        # shapes for the default 224x224 input and table="slim" (caffe: 608 at 4c/4d, 1056 from 4e)
+        x = self.conv1(x)  # (B, 64, 112, 112)
+        x = self.pool1(x)  # (B, 64, 56, 56)
+        x = self.lrn1(x)
+        x = self.conv2(x)  # (B, 192, 56, 56)
+        x = self.lrn2(x)
+        x = self.pool2(x)  # (B, 192, 28, 28)
+        x = self.inception_3a(x)  # (B, 256, 28, 28)
+        x = self.inception_3b(x)  # (B, 320, 28, 28)
+        x = self.inception_3c(x)  # (B, 576, 14, 14)
+        x = self.inception_4a(x)  # (B, 576, 14, 14)
+        x = self.inception_4b(x)  # (B, 576, 14, 14)
+        x = self.inception_4c(x)  # (B, 576, 14, 14)
+        x = self.inception_4d(x)  # (B, 576, 14, 14)
+        x = self.inception_4e(x)  # (B, 1024, 7, 7)
+        x = self.inception_5a(x)  # (B, 1024, 7, 7)
+        x = self.inception_5b(x)  # (B, 1024, 7, 7)
+        return x
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = self.pool(x)  # (B, 1024)
+        x = self.head_drop(x)
+        return x if pre_logits else self.fc(x)  # (B, num_classes)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registered names
+
+
+def _cfg(**kwargs):
+    return dict(
+        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+        interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        first_conv="conv1.conv", classifier="fc", **kwargs,
+    )
+
+
+default_cfgs = generate_default_cfgs({"inception_paper": _cfg(), "bn_inception": _cfg()})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> Inception:
+    return build_model_with_cfg(Inception, variant, pretrained, **kwargs)
+
+
+@register_model
+def inception_paper(pretrained: bool = False, **kwargs) -> Inception:
+    """§4.2 "Inception": no BN, LRN (§4.2.1), dropout 40% (§4.2.3)."""
+    args = dict(norm="none", lrn=True, drop_rate=0.4)
+    return _create("inception_paper", pretrained, **{**args, **kwargs})
+
+
+@register_model
+def bn_inception(pretrained: bool = False, **kwargs) -> Inception:
+    """BN-Inception: BN before every nonlinearity, no LRN, no dropout (§4.2.1, BN-x5/x30)."""
+    args = dict(norm="bn", lrn=False, drop_rate=0.0)
+    return _create("bn_inception", pretrained, **{**args, **kwargs})

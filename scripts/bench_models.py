@@ -1,0 +1,99 @@
+"""Training-step throughput of bn_inception against timm's inception_v3, compared per multiply-accumulate.
+
+Each network runs at its own input size (timm's inception_v3 needs about 75 px), so the fair figure is
+MAC/s = images/s x MACs per image; the script prints the ratio ours/timm. On a GPU it adds 224 px.
+
+    .venv/bin/python scripts/bench_models.py --steps 10
+"""
+import argparse
+import os
+import time
+
+import timm
+import torch
+from torch import nn
+
+import repro.models  # noqa: F401  (registers bn_inception with timm)
+from repro.models import count_macs
+
+
+def make_step(model, size, in_chans, batch, device, amp):
+    """One SGD training step (forward, backward, update) on fixed random data, channels_last."""
+    model = model.to(device, memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, in_chans, size, size, device=device).to(memory_format=torch.channels_last)
+    y = torch.randint(0, model.num_classes, (batch,), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def seconds(step, steps, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def compare(label, nets, in_chans, args, device):
+    """nets: [(name, model, input size)]; rounds alternate between the nets, best round counts."""
+    steps, macs = [], []
+    for _, model, size in nets:
+        macs.append(count_macs(model, torch.randn(1, in_chans, size, size)))
+        steps.append(make_step(model, size, in_chans, args.batch, device, args.amp))
+        for _ in range(args.warmup):
+            steps[-1]()
+    # interleaved rounds and the fastest round: robust to other load on a shared machine
+    best = [min(t) for t in zip(*([seconds(s, args.steps, device) for s in steps] for _ in range(args.rounds)),
+                                strict=True)]
+    mac_s = []
+    for (name, _, size), m, t in zip(nets, macs, best, strict=True):
+        ips = args.batch * args.steps / t
+        mac_s.append(ips * m)
+        print(f"{label:>8} {name:>30} {size:4d}px {m / 1e6:8.1f} MMAC/img {ips:8.1f} img/s "
+              f"{ips * m / 1e9:7.2f} GMAC/s", flush=True)
+    print(f"{label:>8} MAC/s ratio ours/timm = {mac_s[0] / mac_s[-1]:.2f}", flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per round")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds; the best is kept")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--gpu-batch", type=int, default=128)
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU run)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cpu = torch.device("cpu")
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} of {os.cpu_count()} CPU threads, batch {args.batch}")
+
+    # CPU scale: the Fashion-MNIST setting (28 px, 1 channel, width 0.25, small-input stem)
+    ours = timm.create_model("bn_inception", num_classes=10, in_chans=1, small_input=True, width=0.25)
+    theirs = timm.create_model("inception_v3", num_classes=10, in_chans=1)  # smallest input: 75 px
+    compare("cpu", [("bn_inception w0.25", ours, 28), ("timm inception_v3", theirs, 75)], 1, args, cpu)
+
+    if torch.cuda.is_available():  # full network at the paper's 224 px
+        gpu = torch.device("cuda")
+        torch.backends.cudnn.benchmark = True
+        args.batch = args.gpu_batch
+        print(f"GPU: {torch.cuda.get_device_name()}, batch {args.batch}, amp {args.amp}")
+        ours = timm.create_model("bn_inception", num_classes=1000)
+        theirs = timm.create_model("inception_v3", num_classes=1000)
+        compare("gpu", [("bn_inception", ours, 224), ("timm inception_v3", theirs, 224)], 3, args, gpu)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Figure 4 evaluation: probability (not logit) ensembles, EMA vs Alg. 2, exact-once under DDP, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from repro.errors import ReproError
+from repro.evaluate import average_probabilities, correct_at, evaluate_runs, main
+from repro.train import run
+from tests.conftest import ROOT, compose_config
+
+N_TEST = 501  # odd, so two ranks get unequal shards
+# Constant logits over classes 0-2 (the rest -20): their mean picks class 2, their mean probability
+# picks class 1, so the two ensemble rules disagree on every image.
+LOGITS_A = [4.0, -4.0, 3.0]
+LOGITS_B = [-6.0, 5.0, 1.0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny batches: a second intra-op thread only adds contention on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    """One smoke-scale Figure 1 BN network on an odd-sized test set."""
+    runs = tmp_path_factory.mktemp("runs")
+    summary = run(compose_config(["experiment=fig1_bn", "scale=smoke", f"runs_dir={runs}",
+                                  f"data.limit_test={N_TEST}"]))
+    assert summary["status"] == "complete"
+    return Path(summary["run_dir"])
+
+
+def constant_copy(src: Path, dst: Path, logits: list[float]) -> Path:
+    """A copy of a run whose network outputs `logits` for every image (zero output weights)."""
+    shutil.copytree(src, dst)
+    ckpt = torch.load(dst / "ckpt.pt", weights_only=False)
+    sd = ckpt["model"]
+    w, b = [k for k, v in sd.items() if v.dim() == 2][-1], [k for k, v in sd.items() if v.dim() == 1][-1]
+    sd[w].zero_()
+    sd[b].fill_(-20.0)
+    sd[b][: len(logits)] = torch.tensor(logits)
+    torch.save(ckpt, dst / "ckpt.pt")
+    return dst
+
+
+def test_average_probabilities_is_not_the_average_of_logits():
+    a, b = torch.tensor([LOGITS_A]), torch.tensor([LOGITS_B])
+    assert ((a + b) / 2).argmax().item() == 2
+    probs = average_probabilities([a, b])
+    assert probs.argmax().item() == 1
+    torch.testing.assert_close(probs, (a.softmax(-1) + b.softmax(-1)) / 2)
+    assert correct_at(probs, torch.tensor([0]), ks=(1, 2)) == [0, 1]
+
+
+def test_ensemble_of_runs_averages_probabilities(smoke_run, tmp_path):
+    a = constant_copy(smoke_run, tmp_path / "a", LOGITS_A)
+    b = constant_copy(smoke_run, tmp_path / "b", LOGITS_B)
+    result = evaluate_runs([a, b], crops=10)
+    assert result["models"] == 2 and result["n_images"] == N_TEST
+    assert set(result["predictions"]) == {1}
+    assert [m["run_dir"] for m in result["per_model"]] == [str(a), str(b)]
+
+
+def test_one_crop_ema_reproduces_the_runners_final_accuracy(smoke_run, tmp_path):
+    out = tmp_path / "res" / "ema.json"
+    assert main([str(smoke_run), "--crops", "1", "--bn-stats", "ema", "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    summary = json.loads((smoke_run / "summary.json").read_text())
+    assert result["top1_error"] == pytest.approx(100 * (1 - summary["final_test_acc"]))
+    assert result["n_images"] == len(result["predictions"]) == N_TEST
+    assert result["crops"] == 1 and result["crop_size"] == 28 and result["bn_stats"] == "ema"
+
+
+def test_population_statistics_evaluation_reports_its_audit(smoke_run):
+    result = evaluate_runs([smoke_run], crops=1, bn_stats="population", pop_batches=20)
+    assert result["pop_batches"] == 20 and result["pop_batch_size"] == [60]
+    audit = result["per_model"][0]["bn_audit"]
+    assert [r["name"] for r in audit] == ["hidden.0.norm", "hidden.1.norm", "hidden.2.norm"]
+    assert all(0 <= r["dmean_mean"] < 1 and 0 <= r["dlogvar_mean"] < 1 for r in audit)
+    assert result["top1_error"] < 50  # chance is 90
+
+
+def test_bad_inputs_are_one_line_errors(smoke_run, tmp_path, capsys):
+    with pytest.raises(ReproError, match="does not exist"):
+        evaluate_runs([tmp_path / "nope"])
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(smoke_run, unfinished)
+    (unfinished / "ckpt.pt").unlink()
+    with pytest.raises(ReproError, match="has no ckpt.pt"):
+        evaluate_runs([smoke_run, unfinished])
+    other = tmp_path / "other"
+    shutil.copytree(smoke_run, other)
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["data"]["limit_test"] = 400
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ReproError, match="different test sets"):
+        evaluate_runs([smoke_run, other])
+    assert main([str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: run directory") and "\n" not in err
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_ranks_evaluate_each_image_exactly_once(smoke_run, tmp_path):
+    out = tmp_path / "ddp.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           "-m", "repro.evaluate", str(smoke_run), "--crops", "10", "--bn-stats", "population",
+           "--pop-batches", "10", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["world_size"] == 2
+    assert result["n_images"] == N_TEST and len(result["predictions"]) == N_TEST
+    single = evaluate_runs([smoke_run], crops=10, bn_stats="population", pop_batches=10)
+    assert result["predictions"] == single["predictions"]
+    assert result["top1_error"] == pytest.approx(single["top1_error"])
