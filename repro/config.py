@@ -36,8 +36,10 @@ class DataConfig:
     debian_dir: str = "/usr/share/datasets/fashion-mnist"
     # Training-time input pipeline (§4.2.1 changes 6 and 7 act here)
     shuffle: str = "full"  # full | fixed_batches (no within-shard shuffling)
-    augment: bool = False  # geometric: random shift (tensors) / Inception-style crops + flip (folders)
-    translate: int = 2  # px of random shift for in-memory images
+    augment: bool = False  # geometric: Inception-style random crops (+ mirror)
+    translate: int = 2  # in-memory images: px of extra random shift
+    zoom: float = 1.0  # in-memory images: crops of 1/zoom .. 1 of the side, resized back
+    hflip: bool = False  # random mirror
     distort: float = 0.0  # photometric distortion strength (brightness/contrast[/saturation/hue])
     image_size: int = 224  # crop size for folder datasets
     workers: int = 8  # DataLoader workers for folder datasets

@@ -62,18 +62,23 @@ def _squares(x: torch.Tensor) -> list[torch.Tensor]:
     return [F.crop(x, o, 0, s, s) for o in offsets]
 
 
-def googlenet_views(x: torch.Tensor, crop: int) -> torch.Tensor:
-    """(N, 144, C, crop, crop): 4 scales x 3 squares x 2 mirrors x (4 corners, center, whole square)."""
+def googlenet_views(x: torch.Tensor, crop: int, unique: bool = False) -> torch.Tensor:
+    """(N, 144, C, crop, crop): 4 scales x 3 squares x 2 mirrors x (4 corners, center, whole square).
+
+    unique=True skips the two repeats of the one square of a square image (48 views whose average
+    equals the 144's), a third of the work."""
     views = []
     for size in scales(crop):
-        for square in _squares(_resize_shorter(x, size)):
+        squares = _squares(_resize_shorter(x, size))
+        for square in squares[1:2] if unique and x.shape[-1] == x.shape[-2] else squares:
             six = [*F.five_crop(square, [crop, crop]), F.resize(square, [crop, crop], antialias=True)]
             views += six + [F.horizontal_flip(v) for v in six]
     return torch.stack(views, dim=1)
 
 
-def multi_crop(x: torch.Tensor, views: int, crop: int | None = None) -> torch.Tensor:
-    """(N, V, C, crop, crop) views of images (N, C, H, W); V is 1, 10 or 144."""
+def multi_crop(x: torch.Tensor, views: int, crop: int | None = None, unique: bool = False) -> torch.Tensor:
+    """(N, V, C, crop, crop) views of images (N, C, H, W); V is 1, 10 or 144 (48 for square
+    images with unique=True, same average)."""
     if x.dim() != 4:
         raise ValueError(f"multi_crop wants images (N, C, H, W), got shape {tuple(x.shape)}")
     crop = crop or min(x.shape[-2:])
@@ -82,5 +87,5 @@ def multi_crop(x: torch.Tensor, views: int, crop: int | None = None) -> torch.Te
     if views == 10:
         return ten_views(x, crop)
     if views == 144:
-        return googlenet_views(x, crop)
+        return googlenet_views(x, crop, unique)
     raise ValueError(f"crops must be one of {VIEWS}, got {views}")

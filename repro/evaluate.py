@@ -158,7 +158,7 @@ def predict(model: nn.Module, x: torch.Tensor, crops: int, crop_size: int, batch
     step = max(1, batch_size // crops)  # images per forward, so one forward holds ~batch_size views
     out = []
     for i in range(0, len(x), step):
-        views = multi_crop(x[i:i + step], crops, crop_size)  # (n, V, C, crop, crop)
+        views = multi_crop(x[i:i + step], crops, crop_size, unique=True)  # (n, V, C, crop, crop)
         n, v = views.shape[:2]
         logits = model(views.flatten(0, 1)).view(n, v, -1)  # (n, V, K)
         out.append(average_probabilities(list(logits.unbind(1))))
@@ -170,7 +170,7 @@ def predict(model: nn.Module, x: torch.Tensor, crops: int, crop_size: int, batch
 def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "ema",
                   pop_batches: int = DEFAULT_POP_BATCHES, *, batch_size: int = 1024,
                   crop_size: int | None = None, device: str | torch.device = "cpu",
-                  progress: bool | None = None) -> dict:
+                  progress: bool | None = None, limit: int | None = None) -> dict:
     """Top-1/top-5 error (%) of one network or the probability-averaged ensemble of several."""
     if crops not in VIEWS:
         raise ReproError(f"--crops {crops} is not one of {VIEWS}")
@@ -183,7 +183,7 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
     device = torch.device(device)
     t0 = time.perf_counter()
     runs = load_runs(run_dirs, device)
-    x_test, y_test = runs[0].splits.x_test, runs[0].splits.y_test
+    x_test, y_test = runs[0].splits.x_test[:limit], runs[0].splits.y_test[:limit]  # limit: the first N images
     crop_size = crop_size or min(x_test.shape[-2:])  # the size the runner trained and evaluated at
     mine = dist.shard(len(y_test))
     x_mine, y_mine = x_test[mine.start::mine.step].to(device), y_test[mine.start::mine.step].to(device)
@@ -262,6 +262,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=1024, help="views per forward pass")
     p.add_argument("--crop-size", type=int, default=None, help="network input size (default: the images')")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: one GPU per rank)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N test images")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the result here")
     return p.parse_args(argv)
 
@@ -273,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     main_rank = dist.is_main()  # asked before teardown, after which every process reads as rank 0
     try:
         result = evaluate_runs(args.run_dirs, args.crops, args.bn_stats, args.pop_batches,
-                               batch_size=args.batch_size, crop_size=args.crop_size, device=device)
+                               batch_size=args.batch_size, crop_size=args.crop_size, device=device,
+                               limit=args.limit)
     except ReproError as e:
         if main_rank:
             print(f"error: {e}", file=sys.stderr)

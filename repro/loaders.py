@@ -27,21 +27,28 @@ from repro.errors import DataError, ReproError
 # In-memory stream
 
 
-def distort(x: torch.Tensor, strength: float, translate: int, gen: torch.Generator) -> torch.Tensor:
-    """Random shift by up to `translate` px and brightness/contrast jitter of relative `strength`
-    (§4.2.1 change 7 lowers it), per image, in one batched call."""
-    n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
-    if translate:
-        pad = F.pad(x, [translate] * 4)
-        dy, dx = torch.randint(0, 2 * translate + 1, (2, n, 1, 1), generator=gen).to(x.device)
-        rows = torch.arange(h, device=x.device).view(1, h, 1) + dy  # (n, h, 1)
-        cols = torch.arange(w, device=x.device).view(1, 1, w) + dx  # (n, 1, w)
-        x = pad[torch.arange(n, device=x.device).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)  # (n, C, h, w)
-    if strength:
-        u = (torch.rand(2, n, 1, 1, 1, generator=gen) * 2 - 1).to(x.device) * strength
-        mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        x = ((x - mean) * (1 + u[1]) + mean + u[0]).clamp(0, 1)
-    return x
+def random_crop_flip(x: torch.Tensor, translate: int, zoom: float, hflip: bool,
+                     gen: torch.Generator) -> torch.Tensor:
+    """Inception-style crops for small images, per image in one batched call: a square crop of
+    1/z of the side (z uniform in [1, zoom]) anywhere inside the image shifted by up to `translate`
+    px, resized back to the full size, and mirrored with probability 1/2 if `hflip`."""
+    n, w = x.shape[0], x.shape[-1]
+    r = torch.rand(4, n, generator=gen).to(x.device)
+    side = 1 / (1 + r[0] * (zoom - 1))  # crop side, as a fraction of the image
+    room = 1 - side + 2 * translate / w  # how far the crop centre may move, in [-1, 1] coordinates
+    flip = torch.where(r[3] < 0.5, -1.0, 1.0) if hflip else torch.ones_like(side)
+    theta = torch.zeros(n, 2, 3, device=x.device)
+    theta[:, 0, 0], theta[:, 1, 1] = side * flip, side
+    theta[:, 0, 2], theta[:, 1, 2] = (r[1] * 2 - 1) * room, (r[2] * 2 - 1) * room
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def photometric(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Brightness and contrast jitter of relative `strength` per image (§4.2.1 change 7 lowers it)."""
+    u = (torch.rand(2, x.shape[0], 1, 1, 1, generator=gen) * 2 - 1).to(x.device) * strength
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * (1 + u[1]) + mean + u[0]).clamp(0, 1)
 
 
 class InMemoryStream:
@@ -78,9 +85,11 @@ class InMemoryStream:
         r = dist.rank()
         idx = self.order[self.pos, r * self.local:(r + 1) * self.local].to(self.x.device)
         self.pos += 1
-        x = self.x[idx]
-        if self.cfg.augment or self.cfg.distort:
-            x = distort(x, self.cfg.distort, self.cfg.translate if self.cfg.augment else 0, self.aug_gen)
+        x, c = self.x[idx], self.cfg
+        if c.augment:
+            x = random_crop_flip(x, c.translate, c.zoom, c.hflip, self.aug_gen)
+        if c.distort:
+            x = photometric(x, c.distort, self.aug_gen)
         return x, self.y[idx]
 
     def state_dict(self) -> dict:

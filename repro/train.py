@@ -44,9 +44,7 @@ IN_MEMORY = ("mnist", "fashion_mnist")
 
 def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int) -> nn.Module:
     """A timm-registered name plus the switches the config sets (None = the model's default)."""
-    kwargs = {k: v for k, v in vars(cfg).items() if k != "name" and v is not None}
-    if cfg.name == "mnist_mlp":
-        kwargs["img_size"] = img_size
+    kwargs = {k: v for k, v in vars(cfg).items() if k != "name" and v is not None} | {"img_size": img_size}
     try:
         return timm.create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except RuntimeError as e:  # timm: "Unknown model"

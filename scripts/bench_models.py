@@ -1,7 +1,9 @@
 """Training-step throughput of bn_inception against timm's inception_v3, compared per multiply-accumulate.
 
 Each network runs at its own input size (timm's inception_v3 needs about 75 px), so the fair figure is
-MAC/s = images/s x MACs per image; the script prints the ratio ours/timm. On a GPU it adds 224 px.
+MAC/s = images/s x MACs per image; the script prints the ratio ours/timm. It also runs our network at
+full width (width 1.0, same 28 px stem), since narrow layers do fewer MACs per memory access whatever
+the implementation. On a GPU it adds both networks at 224 px.
 
     .venv/bin/python scripts/bench_models.py --steps 10
 """
@@ -84,6 +86,9 @@ def main():
     ours = timm.create_model("bn_inception", num_classes=10, in_chans=1, small_input=True, width=0.25)
     theirs = timm.create_model("inception_v3", num_classes=10, in_chans=1)  # smallest input: 75 px
     compare("cpu", [("bn_inception w0.25", ours, 28), ("timm inception_v3", theirs, 75)], 1, args, cpu)
+    # the same modules at full width: separates the cost of narrow layers from the implementation
+    ours = timm.create_model("bn_inception", num_classes=10, in_chans=1, small_input=True)
+    compare("cpu w1", [("bn_inception w1.0", ours, 28), ("timm inception_v3", theirs, 75)], 1, args, cpu)
 
     if torch.cuda.is_available():  # full network at the paper's 224 px
         gpu = torch.device("cuda")

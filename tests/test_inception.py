@@ -95,8 +95,8 @@ def test_table_counts_reproduce_published_figures():
     w, macs, normed = table_counts(SLIM)
     assert (w, w + normed) == (11_168_384, 11_178_336)
     assert round(macs / 1e9, 3) == 1.935
-    w, macs, _ = table_counts(PAPER, separable=False)
-    assert w == 11_265_192 and round(macs / 1e9, 2) == 2.03
+    w, macs, normed = table_counts(PAPER, separable=False)
+    assert (w, normed, round(macs / 1e9, 2)) == (11_265_192, 10_016, 2.03)  # + 10,016 Caffe conv biases
 
 
 def test_stage_shapes_match_table():
@@ -159,7 +159,9 @@ def test_fold_bn_matches_eval_model():
             nn.init.uniform_(bn.weight, 0.5, 1.5)
             nn.init.uniform_(bn.bias, -0.5, 0.5)
     x = torch.randn(4, 1, 28, 28)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
     folded = fold_bn(m)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
     assert m.training and any(isinstance(b, nn.BatchNorm2d) for b in m.modules())  # input untouched
     assert not any(isinstance(b, nn.BatchNorm2d) for b in folded.modules())
     assert sum(isinstance(b, PerActivationBN) for b in folded.modules()) == 7  # every norm layer of 5b

@@ -6,7 +6,9 @@ The appendix table *is* the configuration (`STEM`, `TABLES` below); modules carr
 * `inception_paper`: the §4.2 baseline "Inception": no BN, LRN as in GoogLeNet, dropout 40% (§4.2.3).
 * `bn_inception`: BN before every nonlinearity (§3.2, §4.2), LRN and dropout removed (§4.2.1).
 
-Every switch works on both names (see `Inception.__init__`).
+Every switch works on both names (see `Inception.__init__`); e.g. BN-Baseline (§4.2.2, BN added and
+nothing else changed) is `inception_paper` with `norm="bn"`, BN-x5-Sigmoid is `bn_inception` with
+`act="sigmoid"`.
 
 The printed table disagrees with itself at 4c/4d: the branch widths add up to 608, the printed
 output is 576 (and 4e's 1024 only follows from 576). `table` picks a reading:
@@ -25,8 +27,8 @@ Choices the paper leaves open (facts §9); ours, each with its reason:
 * `per_activation_bn=k` (§4.2.3 ensemble, "non-convolutional, per-activation BN in the model's last
   hidden layers"): every norm layer inside the last k Inception modules (k <= 2: 5b, then 5a, both at
   the final resolution) normalizes each of the C*H*W activations separately (BatchNorm1d over the
-  flattened map, one γ/β per activation) instead of per feature map. It needs `img_size`. These layers
-  are not folded by `fold_bn` (a per-position scale is no conv).
+  flattened map, one γ/β per activation) instead of per feature map, whatever `norm` says for the rest.
+  It needs `img_size`. `fold_bn` leaves these layers as they are (a per-position scale is no conv).
 * `small_input` (a step beyond the paper, for 28-64 px): conv1 becomes 3x3/1 and pool1 is dropped, so
   28 px reaches 3a at 14x14 and the head at 4x4; all modules are the same.
 """

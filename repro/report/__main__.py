@@ -40,7 +40,7 @@ does not favour BN. Built by `python -m repro.report lr-sweep --runs-dir {runs_d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.report", description=__doc__)
-    parser.add_argument("figure", choices=["fig1", "fig2", "lr-sweep"])
+    parser.add_argument("figure", choices=["fig1", "fig2", "fig4", "lr-sweep"])
     parser.add_argument("--scale", default="cpu", help="smoke | cpu | gpu | paper")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
     parser.add_argument("--out", type=Path, default=Path("results"))
