@@ -12,7 +12,7 @@ RUNS ?= runs
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install reproduce reproduce-fig1 reproduce-fig2 lr-sweep report-fig1 report-fig2 test bench lint clean
+.PHONY: help install reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test bench lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -42,6 +42,11 @@ reproduce-fig2: install ## Figures 2-3: the six Inception variants for SEEDS at 
 
 report-fig2: install ## Rebuild the Figures 2-3 report from recorded runs
 	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS)
+
+FIG4 := bn_x30,ensemble_1,ensemble_2,ensemble_3,ensemble_4,ensemble_5,ensemble_6
+reproduce-fig4: install ## Figure 4: BN-x30 and the six ensemble members at SCALE, then multi-crop/ensemble/population evaluation and results/fig4/SCALE/
+	$(PY) -m repro.train -m experiment=$(FIG4) scale=$(SCALE) seed=1 resume=auto runs_dir=$(RUNS) $(PARALLEL)
+	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS)
 
 lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/family/fig1.yaml
 	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=cpu train.steps=10000 optim.lr=0.1,0.3,1.0,3.0,10.0 model.init_std=0.1,0.01 logger.wandb.mode=disabled resume=auto runs_dir=$(RUNS)/lr_sweep $(PARALLEL)

@@ -1,0 +1,38 @@
+"""Figure 4: the ensemble members are BN-x30 with the §4.2.3 modifications, and the report builds."""
+
+from __future__ import annotations
+
+import json
+
+from repro.report import fig4
+from repro.train import run
+from tests.conftest import ROOT, compose_config
+
+
+def test_members_are_bn_x30_with_the_paper_modifications():
+    x30 = compose_config(["experiment=bn_x30", "scale=cpu"])
+    mods = set()
+    for i in range(1, 7):
+        m = compose_config([f"experiment=ensemble_{i}", "scale=cpu"])
+        assert m.optim == x30.optim and m.data == x30.data and m.model.name == "bn_inception"
+        assert m.model.drop_rate in (0.05, 0.10)  # §4.2.3: dropout 5% or 10%
+        if m.model.init_scale and m.model.init_scale > 1:
+            mods.add("larger init")
+        if m.model.per_activation_bn:
+            mods.add("per-activation BN")
+    assert mods == {"larger init", "per-activation BN"}
+
+
+def test_report_builds_and_caches_evaluations(smoke, tmp_path):
+    for e in fig4.MEMBERS + [fig4.SINGLE]:
+        run(smoke(f"experiment={e}", "train.steps=3"))
+    claims = ROOT / "results" / "fig4" / "claims.yaml"
+    out = fig4.build(tmp_path / "runs", "smoke", tmp_path / "results", claims, limit=16, pop_batches=2)
+    text = (out / "report.md").read_text()
+    assert "BN-Inception ensemble" in text and "population top-1" in text
+    cached = json.loads((out / "evaluations.json").read_text())
+    assert set(cached) == set(fig4.EVALS) and cached["ensemble_144crop"]["result"]["models"] == 6
+    assert cached["single_1crop"]["result"]["n_images"] == 16
+    mtime = (out / "evaluations.json").stat().st_mtime
+    fig4.build(tmp_path / "runs", "smoke", tmp_path / "results", claims, limit=16, pop_batches=2)
+    assert (out / "evaluations.json").stat().st_mtime == mtime  # nothing re-evaluated
