@@ -105,7 +105,7 @@ def fmt(x: float, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     if isinstance(x, float) and math.isinf(x):
-        return "never"
+        return "∞" if x > 0 else "-∞"
     return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 

@@ -139,7 +139,8 @@ def build(runs_dir: Path, scale: str, out_root: Path, claims_path: Path) -> Path
         for e in (BASE, BN):
             row.append(f"{value_at(curves[e][0], curves[e][1], s):.4f} ± {value_at(curves[e][0], curves[e][2], s):.4f}")
         acc_rows.append(row)
-    target_row = ["steps to 0.90"] + [fmt(steps_to_reach(curves[e][0], curves[e][1], 0.90), 5) for e in (BASE, BN)]
+    to_90 = [steps_to_reach(curves[e][0], curves[e][1], 0.90) for e in (BASE, BN)]
+    target_row = ["steps to 0.90"] + [fmt(s, 5) if np.isfinite(s) else "never" for s in to_90]
     acc_rows.append(target_row)
 
     first = runs[BASE][0]
