@@ -124,3 +124,30 @@ def test_report_builds_from_recorded_runs(smoke, tmp_path):
     text = (out / "report.md").read_text()
     assert "Figure 3" in text and "BN-x30" in text and (out / "fig2.png").stat().st_size > 10_000
     assert len((out / "fig3.csv").read_text().splitlines()) == 1 + len(VARIANTS)
+
+
+def test_image_folder_path_runs(tmp_path):
+    """ImageNet layout (train/ and val/ class folders) through ImageFolder with Inception-style
+    crops and photometric distortion, a DataLoader stream and exact-once evaluation."""
+    import torch
+    from torchvision.io import write_png
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("val", 5)):
+        for c in ("cat", "dog"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                img = (torch.rand(3, 40, 48, generator=gen) * 255).to(torch.uint8)
+                write_png(img, str(tmp_path / "data" / split / c / f"{i}.png"))
+    summary = run(compose_config(["experiment=bn_x5", "scale=smoke", "data.name=imagenet",
+                                  f"data.root={tmp_path / 'data'}", "data.image_size=32", "data.workers=0",
+                                  "train.steps=3", "train.batch_size=4", f"runs_dir={tmp_path / 'runs'}"]))
+    assert summary["status"] == "complete" and summary["data"]["n_train"] == 24 and summary["data"]["n_test"] == 10
+
+
+def test_missing_image_folder_is_a_clear_error(tmp_path):
+    from repro.errors import DataError
+
+    with pytest.raises(DataError, match="data.root"):
+        run(compose_config(["experiment=bn_x5", "scale=smoke", "data.name=imagenet", f"data.root={tmp_path}",
+                            f"runs_dir={tmp_path / 'runs'}"]))
