@@ -15,6 +15,7 @@ Prints images/s for both and the ratio runner / bare (target >= 0.95).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +34,8 @@ from repro.data import load_splits  # noqa: E402
 from repro.optim import build_optimizer  # noqa: E402
 from repro.train import run  # noqa: E402
 from tests.conftest import compose_config  # noqa: E402
+
+torch.set_num_threads(os.cpu_count())  # tests.conftest pins one thread for the test suite; use every core
 
 
 def bare(cfg, steps: int, warmup: int) -> float:
