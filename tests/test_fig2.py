@@ -4,6 +4,7 @@ a 2-process gloo run writes one run, resume is exact, and the report builds."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -100,7 +101,8 @@ def test_two_process_gloo_run_writes_one_run(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "-m", "repro.train", "experiment=bn_x5", "scale=smoke", "train.steps=4", "data.limit_test=33",
            f"runs_dir={tmp_path / 'runs'}", "logger.wandb.mode=offline", f"logger.wandb.dir={tmp_path / 'wandb'}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300, env={**_env(), "OMP_NUM_THREADS": "1"})
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     run_dirs = list((tmp_path / "runs").iterdir())
     assert len(run_dirs) == 1  # only rank 0 chose and wrote a run directory; the other rank wrote nothing
@@ -109,12 +111,6 @@ def test_two_process_gloo_run_writes_one_run(tmp_path):
     assert len(list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))) == 1  # one wandb run per job
     # exact-once evaluation: 33 images over 2 ranks; the runner checks the count and would fail otherwise
     assert json.loads((run_dirs[0] / "env.json").read_text())["data"]["n_test"] == 33
-
-
-def _env():
-    import os
-
-    return dict(os.environ)
 
 
 def test_report_builds_from_recorded_runs(smoke, tmp_path):

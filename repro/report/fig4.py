@@ -161,6 +161,7 @@ Ensemble members, 144 crops each:
 Population statistics give the lower error for {sum(g > 0 for g in gaps)} of {len(gaps)} networks, by
 {np.mean(gaps):+.2f} points on average (EMA minus population): the moving averages lag the final weights,
 as later work found (Wu & Johnson 2021, PreciseBN; facts §8).
+
 ## Deviations from the paper
 - Scale and data: see "What was run"; differences of a fraction of a point are within the noise of {n:,} images (±{100 * np.sqrt(0.1 * 0.9 / n):.1f} points at 10% error, one standard error).
 - The paper's ensemble members each trained ~6M steps on ImageNet; ours {first.config['train']['steps']:,} steps.
