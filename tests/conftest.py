@@ -38,3 +38,22 @@ def smoke(tmp_path):
         return compose_config(["scale=smoke", f"runs_dir={tmp_path / 'runs'}", *overrides])
 
     return make
+
+
+def run_killed_after(cfg: Config, batches: int) -> None:
+    """Run `cfg` and kill it (KeyboardInterrupt) when it asks for batch number `batches` + 1."""
+    from repro.loaders import InMemoryStream
+    from repro.train import run
+
+    original, calls = InMemoryStream.next, {"n": 0}
+
+    def dying(self):
+        calls["n"] += 1
+        if calls["n"] > batches:
+            raise KeyboardInterrupt
+        return original(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(InMemoryStream, "next", dying)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)

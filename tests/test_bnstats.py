@@ -15,15 +15,6 @@ from torch import nn
 from repro.bnstats import bn_audit, bn_layers, buffers_identical_across_ranks, population_statistics
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches: a second intra-op thread only adds contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def batches(shape: tuple[int, ...], k: int = 4, seed: int = 0) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(shape, generator=g) * 3 + 1 for _ in range(k)]

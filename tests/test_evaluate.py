@@ -26,14 +26,6 @@ LOGITS_A = [4.0, -4.0, 3.0]
 LOGITS_B = [-6.0, 5.0, 1.0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny batches: a second intra-op thread only adds contention on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory) -> Path:

@@ -15,7 +15,7 @@ from repro import records
 from repro.loaders import InMemoryStream
 from repro.report import fig2
 from repro.train import run
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, run_killed_after
 
 VARIANTS = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
 
@@ -64,24 +64,13 @@ def test_fixed_batches_keep_their_members():
     assert set(full[:4]) != set(full[4:])
 
 
-def test_resume_equals_uninterrupted_with_dropout(tmp_path, monkeypatch):
+def test_resume_equals_uninterrupted_with_dropout(tmp_path):
     """bn_baseline keeps dropout 40%: the RNG and data position must both be restored."""
     ov = ["experiment=bn_baseline", "scale=smoke", "train.steps=6", "train.checkpoint_every=2",
           "train.eval_every=3", "resume=auto"]
     full = run(compose_config([*ov, f"runs_dir={tmp_path / 'a'}"]))
     cfg = compose_config([*ov, f"runs_dir={tmp_path / 'b'}"])
-    original, calls = InMemoryStream.next, {"n": 0}
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(InMemoryStream, "next", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
-    monkeypatch.setattr(InMemoryStream, "next", original)
+    run_killed_after(cfg, 5)
     resumed = run(cfg)
 
     def rows(s):

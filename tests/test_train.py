@@ -11,10 +11,9 @@ import yaml
 
 from repro import records
 from repro.errors import ReproError
-from repro.loaders import InMemoryStream
 from repro.optim import lr_at
 from repro.train import run
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, run_killed_after
 
 
 def test_smoke_run_learns_and_writes_its_files(smoke):
@@ -46,25 +45,13 @@ def test_runs_never_overwrite_each_other(smoke):
     assert c["run_dir"] == b["run_dir"]
 
 
-def test_interrupted_run_resumes_to_the_same_metrics(smoke, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_to_the_same_metrics(smoke, tmp_path):
     """A run killed after step 150 resumes from its step-100 checkpoint; metrics equal an unbroken run."""
     overrides = ("experiment=fig1_bn", "train.checkpoint_every=100", "train.log_every=50", "resume=auto")
     full = run(compose_config(["scale=smoke", f"runs_dir={tmp_path / 'a'}", *overrides]))
 
-    calls = {"n": 0}
-    original = InMemoryStream.next
-
-    def dying_next(self):
-        calls["n"] += 1
-        if calls["n"] > 150:
-            raise KeyboardInterrupt
-        return original(self)
-
     cfg = compose_config(["scale=smoke", f"runs_dir={tmp_path / 'b'}", *overrides])
-    monkeypatch.setattr(InMemoryStream, "next", dying_next)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg)
-    monkeypatch.setattr(InMemoryStream, "next", original)
+    run_killed_after(cfg, 150)
     resumed = run(cfg)
     assert resumed["run_dir"].startswith(str(tmp_path / "b"))
 

@@ -11,11 +11,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import yaml
 
 from repro.errors import ReproError
 from repro.records import atomic_write, read_jsonl
+
+matplotlib.use("Agg")  # reports render to files; no display is needed or wanted
 
 
 @dataclass

@@ -9,13 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from repro.report import (  # noqa: E402
+from repro.report import (
     Run,
     fmt,
     load_claims,

@@ -10,15 +10,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from repro.evaluate import evaluate_runs  # noqa: E402
-from repro.records import write_json  # noqa: E402
-from repro.report import fmt, load_claims, load_runs, md_table, save_figure, verdict, write_text  # noqa: E402
+from repro.evaluate import evaluate_runs
+from repro.records import write_json
+from repro.report import fmt, load_claims, load_runs, md_table, save_figure, verdict, write_text
 
 SINGLE = "bn_x30"
 MEMBERS = [f"ensemble_{i}" for i in range(1, 7)]
