@@ -136,6 +136,7 @@ def _free_port() -> int:
 
 def _worker(rank: int, port: int, model: nn.Module, xs: list[torch.Tensor], out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    model = copy.deepcopy(model)  # mp.spawn hands both ranks one shared-memory copy of the tensors
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
