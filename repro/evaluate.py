@@ -4,7 +4,11 @@
     torchrun --nproc_per_node=2 -m repro.evaluate RUN_DIR ... --device cpu
 
 Each network's softmax probabilities are averaged over its views, then the ensemble takes the
-arithmetic mean of the networks' class probabilities (§4.2.3), never of their logits. BN uses either
+arithmetic mean of the networks' class probabilities (§4.2.3), never of their logits. In-memory
+datasets (MNIST, Fashion-MNIST) cut the views from the stored test tensors; folder datasets (ImageNet,
+CIFAR-10) cut them from each decoded, uncropped validation image, in DataLoader workers, and the one
+view is the runner's own resize-and-center-crop. Every batch of views goes through all the networks,
+so the images are decoded once however large the ensemble. BN uses either
 the moving averages left by training (`ema`, §3.1's alternative) or Alg. 2's population statistics
 recomputed over K training mini-batches (`population`, repro.bnstats). Under torchrun each rank
 evaluates `dist.shard(N)`, so every test image is counted exactly once.
@@ -24,9 +28,9 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from repro import dist, records
+from repro import dist, loaders, records
 from repro.bnstats import bn_audit, buffers_identical_across_ranks, population_statistics
-from repro.config import Config
+from repro.config import Config, DataConfig
 from repro.crops import VIEWS, multi_crop
 from repro.data import DATASETS, Splits, load_splits
 from repro.errors import ReproError
@@ -56,13 +60,118 @@ def correct_at(probs: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1, 5
 # Loading runs
 
 
+class TensorData:
+    """An in-memory dataset: views are cut from the stored test tensors, batch by batch."""
+
+    def __init__(self, splits: Splits):
+        self.splits = splits
+        self.num_classes, self.labels = splits.num_classes, splits.y_test
+        self.in_chans, self.image_size = splits.x_train.shape[1], splits.x_train.shape[-1]
+        self.n_train = len(splits.x_train)
+
+    def describe(self) -> dict:
+        return self.splits.describe()
+
+    def same_test_set(self, other) -> bool:
+        a, b = self.splits, getattr(other, "splits", None)
+        return (b is not None and (a.name, a.num_classes, a.x_test.shape) == (b.name, b.num_classes, b.x_test.shape)
+                and torch.equal(a.y_test, b.y_test) and torch.equal(a.x_test, b.x_test))
+
+    def view_batches(self, index: list[int], crops: int, crop_size: int, batch_size: int):
+        """(views (sum V, C, crop, crop), views per image) for test images `index`, ~batch_size views a batch."""
+        x = self.splits.x_test[torch.as_tensor(index, dtype=torch.long)]
+        step = max(1, batch_size // crops)
+        for i in range(0, len(x), step):
+            views = multi_crop(x[i:i + step], crops, crop_size, unique=True)  # (n, V, C, crop, crop)
+            yield views.flatten(0, 1), [views.shape[1]] * views.shape[0]
+
+    def train_batches(self, batches: list[torch.Tensor], workers: int):
+        """The undistorted training images of each index batch, as the inference network sees images."""
+        return (self.splits.x_train[i] for i in batches)
+
+
+class _Views(torch.utils.data.Dataset):
+    """One image's views: the runner's 1-crop transform, or multi_crop of the decoded full image."""
+
+    def __init__(self, dataset, crops: int, crop_size: int, one_crop):
+        from torchvision.transforms import v2
+
+        self.dataset, self.crops, self.crop_size, self.one_crop = dataset, crops, crop_size, one_crop
+        self.to_float = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img, _ = self.dataset[i]  # the dataset has no transform: a PIL image at its stored size
+        if self.crops == 1:
+            return self.one_crop(img).unsqueeze(0)  # (1, C, crop, crop), exactly what training evaluated
+        # (V, C, crop, crop); V is 48 instead of 144 for a square image (same average, see repro.crops)
+        return multi_crop(self.to_float(img).unsqueeze(0), self.crops, self.crop_size, unique=True)[0]
+
+
+def _cat_views(items: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+    return torch.cat(items), [len(v) for v in items]
+
+
+class FolderData:
+    """A folder dataset (ImageNet, CIFAR-10): views are cut from each decoded validation image."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg = cfg
+        _, self.val_t = loaders.folder_transforms(cfg)
+        _, self.val = loaders.folder_datasets(cfg, val_t=loaders.unchanged)  # raw images; views built per item
+        self.labels = torch.as_tensor(self.val.targets)
+        self.num_classes, self.in_chans, self.image_size = len(self.val.classes), 3, cfg.image_size
+        self._train = None
+
+    @property
+    def train(self):  # scanning ImageNet's 1.28M training files takes a while: only for population stats
+        if self._train is None:
+            self._train, _ = loaders.folder_datasets(self.cfg, train_t=self.val_t)
+        return self._train
+
+    @property
+    def n_train(self) -> int:
+        return len(self.train)
+
+    def describe(self) -> dict:
+        return {"dataset": self.cfg.name, "source": f"{type(self.val).__name__} at {self.cfg.root}",
+                "n_test": len(self.val), "image_shape": [3, self.image_size, self.image_size]}
+
+    def same_test_set(self, other) -> bool:
+        return (isinstance(other, FolderData) and self.cfg.name == other.cfg.name
+                and Path(self.cfg.root).resolve() == Path(other.cfg.root).resolve()
+                and self.image_size == other.image_size and torch.equal(self.labels, other.labels))
+
+    def view_batches(self, index: list[int], crops: int, crop_size: int, batch_size: int):
+        views = _Views(torch.utils.data.Subset(self.val, index), crops, crop_size, self.val_t)
+        yield from torch.utils.data.DataLoader(views, batch_size=max(1, batch_size // crops),
+                                               num_workers=self.cfg.workers, collate_fn=_cat_views)
+
+    def train_batches(self, batches: list[torch.Tensor], workers: int):
+        loader = torch.utils.data.DataLoader(self.train, batch_sampler=[b.tolist() for b in batches],
+                                             num_workers=workers)
+        return (x for x, _ in loader)
+
+
+def load_data(cfg: DataConfig) -> TensorData | FolderData:
+    """The evaluation view of a run's dataset: in memory (MNIST, Fashion-MNIST) or image folders."""
+    if cfg.name in DATASETS:
+        return TensorData(load_splits(cfg))
+    if cfg.name in loaders.FOLDER_DATASETS:
+        return FolderData(cfg)
+    raise ReproError(f"data.name={cfg.name!r} is not a dataset this version knows "
+                     f"({', '.join(DATASETS + loaders.FOLDER_DATASETS)})")
+
+
 @dataclass
 class Run:
     """One trained network ready to evaluate."""
 
     run_dir: Path
     cfg: Config
-    splits: Splits
+    data: TensorData | FolderData
     model: nn.Module
 
 
@@ -79,15 +188,16 @@ def read_config(run_dir: Path) -> Config:
                          f"{str(e).splitlines()[0]})") from e
 
 
-def _test_set_key(s: Splits) -> tuple:
-    return s.name, s.num_classes, len(s.y_test), tuple(s.x_test.shape[1:])
+def _test_set(data) -> str:
+    d = data.describe()
+    return f"{d['dataset']}, {data.num_classes} classes, {len(data.labels)} images"
 
 
 def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
     """Each run's config, data and checkpointed network; all must share one test set."""
     if not run_dirs:
         raise ReproError("no run directory given: pass one or more runs/<experiment>-... directories")
-    cache: dict[str, Splits] = {}  # ensemble members usually share their data config
+    cache: dict[str, TensorData | FolderData] = {}  # ensemble members usually share their data config
     runs = []
     for d in map(Path, run_dirs):
         if not d.is_dir():
@@ -97,30 +207,23 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
         if ckpt is None:
             raise ReproError(f"{d} has no ckpt.pt: the run did not finish (see its summary.json); "
                              f"resume it with resume=auto, or leave it out")
-        if cfg.data.name not in DATASETS:
-            raise ReproError(f"{d} was trained on {cfg.data.name}: repro.evaluate reads in-memory "
-                             f"datasets ({', '.join(DATASETS)}) only; folder datasets are not supported yet")
         key = repr(asdict(cfg.data))
         if key not in cache:
-            cache[key] = load_splits(cfg.data)
-        splits = cache[key]
-        model = build_model(cfg.model, splits.x_train.shape[1], splits.num_classes, splits.x_train.shape[-1])
+            cache[key] = load_data(cfg.data)
+        data = cache[key]
+        model = build_model(cfg.model, data.in_chans, data.num_classes, data.image_size)
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
             raise ReproError(f"{d}/ckpt.pt does not fit the model its config.yaml builds "
                              f"({cfg.model.name}): {str(e).splitlines()[0]}") from e
-        runs.append(Run(d, cfg, splits, model.to(device).eval()))
+        runs.append(Run(d, cfg, data, model.to(device).eval()))
     first = runs[0]
     for r in runs[1:]:
-        same = _test_set_key(r.splits) == _test_set_key(first.splits)
-        if not (same and torch.equal(r.splits.y_test, first.splits.y_test)
-                and torch.equal(r.splits.x_test, first.splits.x_test)):
-            a, b = first.splits, r.splits
+        if r.data is not first.data and not first.data.same_test_set(r.data):
             raise ReproError(
-                f"{first.run_dir.name} and {r.run_dir.name} have different test sets ({a.name}, "
-                f"{a.num_classes} classes, {len(a.y_test)} images vs {b.name}, {b.num_classes} classes, "
-                f"{len(b.y_test)} images): an ensemble averages networks over one test set")
+                f"{first.run_dir.name} and {r.run_dir.name} have different test sets ({_test_set(first.data)} "
+                f"vs {_test_set(r.data)}): an ensemble averages networks over one test set")
     return runs
 
 
@@ -138,33 +241,24 @@ def training_batches(n: int, batch_size: int, num_batches: int, seed: int) -> li
 
 def with_population_statistics(run: Run, num_batches: int, device: torch.device) -> nn.Module:
     """Alg. 2: the run's network with BN statistics averaged over `num_batches` training batches."""
-    x_train = run.splits.x_train
     # m is the per-replica batch each BN layer normalized over in training. The images are the
     # undistorted training set, as the inference network sees images (our choice: Alg. 2 does not say).
-    indices = training_batches(len(x_train), run.cfg.train.batch_size, num_batches, run.cfg.seed)
+    indices = training_batches(run.data.n_train, run.cfg.train.batch_size, num_batches, run.cfg.seed)
     mine = dist.shard(num_batches)  # every rank draws the same K batches and feeds its share of them
-    return population_statistics(run.model, (x_train[indices[k]] for k in mine), len(mine))
+    batches = run.data.train_batches([indices[k] for k in mine], run.cfg.data.workers)
+    return population_statistics(run.model, batches, len(mine))
 
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 
 
-@torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, crops: int, crop_size: int, batch_size: int,
-            bar: tqdm | None = None) -> torch.Tensor:
-    """(N, K) class probabilities of `model` on images x, averaged over each image's views."""
-    model.eval()
-    step = max(1, batch_size // crops)  # images per forward, so one forward holds ~batch_size views
-    out = []
-    for i in range(0, len(x), step):
-        views = multi_crop(x[i:i + step], crops, crop_size, unique=True)  # (n, V, C, crop, crop)
-        n, v = views.shape[:2]
-        logits = model(views.flatten(0, 1)).view(n, v, -1)  # (n, V, K)
-        out.append(average_probabilities(list(logits.unbind(1))))
-        if bar is not None:
-            bar.update(n)
-    return torch.cat(out) if out else torch.zeros(0, 0)
+def view_probabilities(model: nn.Module, views: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """(n, K): each image's class probabilities averaged over its `counts[i]` consecutive views."""
+    probs = model(views).float().softmax(-1)  # (sum V, K)
+    if len(set(counts)) == 1:
+        return probs.view(len(counts), counts[0], -1).mean(1)
+    return torch.stack([p.mean(0) for p in probs.split(counts)])
 
 
 def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "ema",
@@ -183,14 +277,17 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
     device = torch.device(device)
     t0 = time.perf_counter()
     runs = load_runs(run_dirs, device)
-    x_test, y_test = runs[0].splits.x_test[:limit], runs[0].splits.y_test[:limit]  # limit: the first N images
-    crop_size = crop_size or min(x_test.shape[-2:])  # the size the runner trained and evaluated at
-    mine = dist.shard(len(y_test))
-    x_mine, y_mine = x_test[mine.start::mine.step].to(device), y_test[mine.start::mine.step].to(device)
+    data = runs[0].data
+    y_test = data.labels[:limit]  # limit: the first N images
+    crop_size = crop_size or data.image_size  # the size the runner trained and evaluated at
+    if isinstance(data, FolderData) and crop_size != data.image_size:
+        raise ReproError(f"--crop-size {crop_size}: the 1-crop view of a folder dataset is the runner's "
+                         f"{data.image_size} px crop; leave --crop-size out")
+    mine = list(dist.shard(len(y_test)))
+    y_mine = y_test[mine].to(device)
 
-    probs, audits = [], []
-    bar = tqdm(total=len(runs) * len(y_mine), unit="img", dynamic_ncols=True, desc=f"{crops}-crop",
-               disable=(not dist.is_main()) or (None if progress is None else not progress))
+    models = []
+    audits = []
     for run in runs:
         model = run.model
         if bn_stats == "population":
@@ -200,12 +297,24 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
         # checked because per-replica BN statistics that drift apart make ranks disagree silently.
         if not buffers_identical_across_ranks(model):
             raise RuntimeError("BN statistics differ across ranks; evaluation would not be one network")
-        probs.append(predict(model, x_mine, crops, crop_size, batch_size, bar))
+        models.append(model.eval())
+
+    probs = [[] for _ in models]
+    bar = tqdm(total=len(mine), unit="img", dynamic_ncols=True, desc=f"{crops}-crop x {len(models)}",
+               disable=(not dist.is_main()) or (None if progress is None else not progress))
+    with torch.no_grad():
+        for views, counts in data.view_batches(mine, crops, crop_size, batch_size):
+            views = views.to(device, non_blocking=True)
+            for out, model in zip(probs, models, strict=True):
+                out.append(view_probabilities(model, views, counts))
+            bar.update(len(counts))
     bar.close()
+    k = data.num_classes
+    probs = [torch.cat(p) if p else torch.zeros(0, k, device=device) for p in probs]
     ensemble = torch.stack(probs).mean(0)  # §4.2.3: arithmetic mean of the networks' probabilities
 
     local = {
-        "index": list(mine), "pred": ensemble.argmax(-1).tolist() if len(mine) else [],
+        "index": mine, "pred": ensemble.argmax(-1).tolist(),
         "correct": [correct_at(p, y_mine) for p in probs] + [correct_at(ensemble, y_mine)],
     }
     parts = dist.all_gather_objects(local)  # small: indices, top-1 labels and counts per rank
@@ -230,7 +339,7 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
         **errors(counts[-1]), "n_images": n, "crops": crops, "crop_size": crop_size, "models": len(runs),
         "bn_stats": bn_stats, "pop_batches": pop_batches if bn_stats == "population" else None,
         "pop_batch_size": [r.cfg.train.batch_size for r in runs] if bn_stats == "population" else None,
-        "dataset": runs[0].splits.describe(), "top5_k": min(5, runs[0].splits.num_classes),
+        "dataset": data.describe(), "top5_k": min(5, data.num_classes),
         "world_size": dist.world_size(), "wall_s": round(time.perf_counter() - t0, 2),
         "per_model": per_model, "predictions": preds,
     }
@@ -260,7 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pop-batches", type=int, default=DEFAULT_POP_BATCHES, metavar="K",
                    help=f"training mini-batches for population statistics (default {DEFAULT_POP_BATCHES})")
     p.add_argument("--batch-size", type=int, default=1024, help="views per forward pass")
-    p.add_argument("--crop-size", type=int, default=None, help="network input size (default: the images')")
+    p.add_argument("--crop-size", type=int, default=None, help="network input size (default: the size the run trained at)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: one GPU per rank)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N test images")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the result here")

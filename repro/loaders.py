@@ -160,10 +160,17 @@ class LoaderStream:
         self.sampler.epoch, self.batches_done, self._it = s["epoch"], s["batches_done"], None
 
 
-def folder_datasets(cfg: DataConfig):
-    """(train, val) torchvision datasets with the paper's Inception-style crops and photometric
-    distortions for training, a resize + center crop for validation (one crop, §4.2)."""
-    from torchvision import datasets
+FOLDER_DATASETS = ("imagenet", "cifar10")
+
+
+def unchanged(img):
+    """A transform that returns the decoded image as it is (picklable, for DataLoader workers)."""
+    return img
+
+
+def folder_transforms(cfg: DataConfig):
+    """(train, val) transforms for folder datasets: the paper's Inception-style crops and photometric
+    distortions for training; resize to size*256/224 and center crop for validation (one crop, §4.2)."""
     from torchvision.transforms import v2
 
     size = cfg.image_size
@@ -171,10 +178,18 @@ def folder_datasets(cfg: DataConfig):
     if cfg.distort:
         s = cfg.distort
         train_tf.append(v2.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(0.5, s / 4)))
-    norm = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
-    train_t = v2.Compose([v2.ToImage(), *train_tf, v2.ToDtype(torch.float32, scale=True)])
-    val_t = v2.Compose([v2.ToImage(), v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size),
-                        *norm[1:]])
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    train_t = v2.Compose([v2.ToImage(), *train_tf, to_float])
+    val_t = v2.Compose([v2.ToImage(), v2.Resize(round(size * 256 / 224), antialias=True), v2.CenterCrop(size), to_float])
+    return train_t, val_t
+
+
+def folder_datasets(cfg: DataConfig, train_t=None, val_t=None):
+    """(train, val) torchvision datasets, with `folder_transforms(cfg)` unless transforms are given."""
+    from torchvision import datasets
+
+    default_train, default_val = folder_transforms(cfg)
+    train_t, val_t = train_t or default_train, val_t or default_val
     root = Path(cfg.root)
     if cfg.name == "imagenet":
         if not (root / "train").is_dir() or not (root / "val").is_dir():
@@ -188,7 +203,7 @@ def folder_datasets(cfg: DataConfig):
         except (RuntimeError, OSError) as e:
             raise DataError(f"CIFAR-10 not found in {root} and could not be downloaded ({e}): put "
                             f"cifar-10-batches-py under data.root, or run where there is a network") from e
-    raise DataError(f"data.name={cfg.name!r} has no folder loader: use imagenet or cifar10")
+    raise DataError(f"data.name={cfg.name!r} has no folder loader: use one of {', '.join(FOLDER_DATASETS)}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,12 +31,11 @@ from tqdm import tqdm
 import repro.models  # noqa: F401  (registers the paper's networks with timm)
 from repro import dist, loaders, records
 from repro.config import Config, ModelConfig, register_configs, to_config
-from repro.data import load_splits
+from repro.data import DATASETS, load_splits
 from repro.errors import ReproError
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
 
 log = logging.getLogger("repro.train")
-IN_MEMORY = ("mnist", "fashion_mnist")
 
 # ----------------------------------------------------------------------------------------------
 # Components
@@ -59,7 +58,7 @@ class Data:
 
     def __init__(self, cfg: Config, device: torch.device):
         d, t = cfg.data, cfg.train
-        if d.name in IN_MEMORY:
+        if d.name in DATASETS:
             splits = load_splits(d)
             x_test, self.y_test = splits.x_test.to(device), splits.y_test.to(device)
             self.stream = loaders.InMemoryStream(splits.x_train.to(device), splits.y_train.to(device),
@@ -73,7 +72,7 @@ class Data:
             self.stream = loaders.LoaderStream(train, t.batch_size, cfg.seed, d.workers, device)
             self.eval_batches = lambda: loaders.loader_eval_batches(val, t.eval_batch_size, d.workers, device)
             self.probe_x = None
-            self.n_test, self.num_classes = len(val), len(getattr(train, "classes", [])) or 10
+            self.n_test, self.num_classes = len(val), len(val.classes)
             self.in_chans, self.img_size = 3, d.image_size
             self.describe = {"dataset": d.name, "source": f"{type(train).__name__} at {d.root}",
                              "n_train": len(train), "n_test": len(val), "image_shape": [3, d.image_size, d.image_size]}

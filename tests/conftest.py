@@ -40,6 +40,22 @@ def smoke(tmp_path):
     return make
 
 
+def make_image_folder(root: Path, train: int = 12, val: int = 5, square_val: int = 0) -> Path:
+    """An ImageNet-layout folder (train/ and val/, classes cat and dog) of random 40x48 PNGs; the
+    first `square_val` validation images of each class are 40x40 instead."""
+    from torchvision.io import write_png
+
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", train), ("val", val)):
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                w = 40 if split == "val" and i < square_val else 48
+                img = (torch.rand(3, 40, w, generator=gen) * 255).to(torch.uint8)
+                write_png(img, str(root / split / c / f"{i}.png"))
+    return root
+
+
 def run_killed_after(cfg: Config, batches: int) -> None:
     """Run `cfg` and kill it (KeyboardInterrupt) when it asks for batch number `batches` + 1."""
     from repro.loaders import InMemoryStream

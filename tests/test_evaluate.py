@@ -15,9 +15,10 @@ import torch
 import yaml
 
 from repro.errors import ReproError
-from repro.evaluate import average_probabilities, correct_at, evaluate_runs, main
+from repro.crops import multi_crop
+from repro.evaluate import average_probabilities, correct_at, evaluate_runs, load_runs, main, view_probabilities
 from repro.train import run
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, make_image_folder
 
 N_TEST = 501  # odd, so two ranks get unequal shards
 # Constant logits over classes 0-2 (the rest -20): their mean picks class 2, their mean probability
@@ -128,3 +129,63 @@ def test_two_ranks_evaluate_each_image_exactly_once(smoke_run, tmp_path):
     single = evaluate_runs([smoke_run], crops=10, bn_stats="population", pop_batches=10)
     assert result["predictions"] == single["predictions"]
     assert result["top1_error"] == pytest.approx(single["top1_error"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Folder datasets (ImageNet layout): views from each decoded, uncropped validation image
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory) -> Path:
+    """A smoke BN-x5 trained on a generated ImageNet-layout folder; 2 of the 5 val images per class
+    are square (48 distinct views of 144), the rest 40x48 (144)."""
+    root = make_image_folder(tmp_path_factory.mktemp("imagenet"), square_val=2)
+    summary = run(compose_config(["experiment=bn_x5", "scale=smoke", "data.name=imagenet", f"data.root={root}",
+                                  "data.image_size=32", "data.workers=0", "train.steps=3", "train.batch_size=4",
+                                  f"runs_dir={root.parent / 'runs'}"]))
+    assert summary["status"] == "complete"
+    return Path(summary["run_dir"])
+
+
+def test_view_probabilities_average_each_images_own_views():
+    model = torch.nn.Linear(3, 4)
+    views, counts = torch.randn(7, 3), [1, 4, 2]
+    got = view_probabilities(model, views, counts)
+    p = model(views).softmax(-1)
+    torch.testing.assert_close(got, torch.stack([p[:1].mean(0), p[1:5].mean(0), p[5:].mean(0)]))
+
+
+def test_folder_one_crop_is_the_runners_evaluation(folder_run):
+    result = evaluate_runs([folder_run], crops=1)
+    summary = json.loads((folder_run / "summary.json").read_text())
+    assert result["n_images"] == 10 and result["crop_size"] == 32
+    assert result["top1_error"] == pytest.approx(100 * (1 - summary["final_test_acc"]))
+    assert result["dataset"]["dataset"] == "imagenet" and result["dataset"]["n_test"] == 10
+
+
+def test_folder_views_come_from_the_uncropped_image(folder_run):
+    from torchvision.transforms.v2.functional import pil_to_tensor, to_dtype
+
+    data = load_runs([folder_run], torch.device("cpu"))[0].data
+    batches = list(data.view_batches(list(range(10)), 144, 32, batch_size=10_000))
+    assert [c for _, c in batches] == [[48, 48, 144, 144, 144] * 2]  # square images: 48 distinct views
+    views, _ = batches[0]
+    assert views.shape == (48 * 4 + 144 * 6, 3, 32, 32)
+    img = data.val[0][0]  # the PIL image as stored: 40x40
+    expected = multi_crop(to_dtype(pil_to_tensor(img), torch.float32, scale=True)[None], 144, 32, unique=True)[0]
+    torch.testing.assert_close(views[:48], expected)
+
+
+def test_folder_ensemble_with_population_statistics(folder_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(folder_run, other)
+    result = evaluate_runs([folder_run, other], crops=10, bn_stats="population", pop_batches=3)
+    assert result["models"] == 2 and result["n_images"] == len(result["predictions"]) == 10
+    a, b = result["per_model"]
+    assert a["top1_error"] == b["top1_error"] == result["top1_error"]  # identical members
+    assert a["bn_audit"] and result["pop_batch_size"] == [4, 4]
+
+
+def test_folder_and_tensor_runs_are_different_test_sets(folder_run, smoke_run):
+    with pytest.raises(ReproError, match="different test sets"):
+        evaluate_runs([folder_run, smoke_run])

@@ -15,7 +15,7 @@ from repro import records
 from repro.loaders import InMemoryStream
 from repro.report import fig2
 from repro.train import run
-from tests.conftest import ROOT, compose_config, run_killed_after
+from tests.conftest import ROOT, compose_config, make_image_folder, run_killed_after
 
 VARIANTS = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
 
@@ -114,16 +114,7 @@ def test_report_builds_from_recorded_runs(smoke, tmp_path):
 def test_image_folder_path_runs(tmp_path):
     """ImageNet layout (train/ and val/ class folders) through ImageFolder with Inception-style
     crops and photometric distortion, a DataLoader stream and exact-once evaluation."""
-    import torch
-    from torchvision.io import write_png
-
-    gen = torch.Generator().manual_seed(0)
-    for split, n in (("train", 12), ("val", 5)):
-        for c in ("cat", "dog"):
-            (tmp_path / "data" / split / c).mkdir(parents=True)
-            for i in range(n):
-                img = (torch.rand(3, 40, 48, generator=gen) * 255).to(torch.uint8)
-                write_png(img, str(tmp_path / "data" / split / c / f"{i}.png"))
+    make_image_folder(tmp_path / "data")
     summary = run(compose_config(["experiment=bn_x5", "scale=smoke", "data.name=imagenet",
                                   f"data.root={tmp_path / 'data'}", "data.image_size=32", "data.workers=0",
                                   "train.steps=3", "train.batch_size=4", f"runs_dir={tmp_path / 'runs'}"]))
