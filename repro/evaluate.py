@@ -85,7 +85,7 @@ class TensorData:
             views = multi_crop(x[i:i + step], crops, crop_size, unique=True)  # (n, V, C, crop, crop)
             yield views.flatten(0, 1), [views.shape[1]] * views.shape[0]
 
-    def train_batches(self, batches: list[torch.Tensor], workers: int):
+    def train_batches(self, batches: list[torch.Tensor]):
         """The undistorted training images of each index batch, as the inference network sees images."""
         return (self.splits.x_train[i] for i in batches)
 
@@ -147,11 +147,12 @@ class FolderData:
     def view_batches(self, index: list[int], crops: int, crop_size: int, batch_size: int):
         views = _Views(torch.utils.data.Subset(self.val, index), crops, crop_size, self.val_t)
         yield from torch.utils.data.DataLoader(views, batch_size=max(1, batch_size // crops),
-                                               num_workers=self.cfg.workers, collate_fn=_cat_views)
+                                               num_workers=self.cfg.workers, collate_fn=_cat_views,
+                                               pin_memory=torch.cuda.is_available())
 
-    def train_batches(self, batches: list[torch.Tensor], workers: int):
+    def train_batches(self, batches: list[torch.Tensor]):
         loader = torch.utils.data.DataLoader(self.train, batch_sampler=[b.tolist() for b in batches],
-                                             num_workers=workers)
+                                             num_workers=self.cfg.workers, pin_memory=torch.cuda.is_available())
         return (x for x, _ in loader)
 
 
@@ -245,7 +246,7 @@ def with_population_statistics(run: Run, num_batches: int, device: torch.device)
     # undistorted training set, as the inference network sees images (our choice: Alg. 2 does not say).
     indices = training_batches(run.data.n_train, run.cfg.train.batch_size, num_batches, run.cfg.seed)
     mine = dist.shard(num_batches)  # every rank draws the same K batches and feeds its share of them
-    batches = run.data.train_batches([indices[k] for k in mine], run.cfg.data.workers)
+    batches = run.data.train_batches([indices[k] for k in mine])
     return population_statistics(run.model, batches, len(mine))
 
 

@@ -14,9 +14,16 @@ import pytest
 import torch
 import yaml
 
-from repro.errors import ReproError
 from repro.crops import multi_crop
-from repro.evaluate import average_probabilities, correct_at, evaluate_runs, load_runs, main, view_probabilities
+from repro.errors import ReproError
+from repro.evaluate import (
+    average_probabilities,
+    correct_at,
+    evaluate_runs,
+    load_runs,
+    main,
+    view_probabilities,
+)
 from repro.train import run
 from tests.conftest import ROOT, compose_config, make_image_folder
 
