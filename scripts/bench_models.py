@@ -27,16 +27,17 @@ import repro.models  # noqa: F401  (registers bn_inception with timm)
 from repro.models import count_macs
 
 
-def make_step(model, size, in_chans, batch, device, amp):
+def make_step(model, size, in_chans, batch, device, amp, compile_=False):
     """One SGD training step (forward, backward, update) on fixed random data, channels_last."""
     model = model.to(device, memory_format=torch.channels_last).train()
+    forward = torch.compile(model) if compile_ else model
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, in_chans, size, size, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, model.num_classes, (batch,), device=device)
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = nn.functional.cross_entropy(forward(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -70,7 +71,7 @@ def compare(label, nets, in_chans, args, device):
     steps, macs = [], []
     for _, model, size in nets:
         macs.append(count_macs(model, torch.randn(1, in_chans, size, size)))
-        steps.append(make_step(model, size, in_chans, args.batch, device, args.amp))
+        steps.append(make_step(model, size, in_chans, args.batch, device, args.amp, args.compile))
         for _ in range(args.warmup):
             steps[-1]()
     # interleaved rounds and the fastest round: robust to other load on a shared machine
@@ -94,12 +95,14 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--gpu-batch", type=int, default=128)
     p.add_argument("--amp", action="store_true", help="bf16 autocast (GPU run)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both networks (slow to start)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: all cores)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cpu = torch.device("cpu")
-    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} of {os.cpu_count()} CPU threads, batch {args.batch}")
+    print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} of {os.cpu_count()} CPU threads, "
+          f"batch {args.batch}, compile {args.compile}")
 
     # CPU scale: the Fashion-MNIST setting (28 px, 1 channel, width 0.25, small-input stem)
     ours = timm.create_model("bn_inception", num_classes=10, in_chans=1, small_input=True, width=0.25)
