@@ -120,20 +120,11 @@ class FolderData:
     def __init__(self, cfg: DataConfig):
         self.cfg = cfg
         _, self.val_t = loaders.folder_transforms(cfg)
-        _, self.val = loaders.folder_datasets(cfg, val_t=loaders.unchanged)  # raw images; views built per item
+        # validation images raw (views are built per item); training images as inference sees them (Alg. 2)
+        self.train, self.val = loaders.folder_datasets(cfg, train_t=self.val_t, val_t=loaders.unchanged)
         self.labels = torch.as_tensor(self.val.targets)
         self.num_classes, self.in_chans, self.image_size = len(self.val.classes), 3, cfg.image_size
-        self._train = None
-
-    @property
-    def train(self):  # scanning ImageNet's 1.28M training files takes a while: only for population stats
-        if self._train is None:
-            self._train, _ = loaders.folder_datasets(self.cfg, train_t=self.val_t)
-        return self._train
-
-    @property
-    def n_train(self) -> int:
-        return len(self.train)
+        self.n_train = len(self.train)
 
     def describe(self) -> dict:
         return {"dataset": self.cfg.name, "source": f"{type(self.val).__name__} at {self.cfg.root}",

@@ -195,7 +195,13 @@ def folder_datasets(cfg: DataConfig, train_t=None, val_t=None):
         if not (root / "train").is_dir() or not (root / "val").is_dir():
             raise DataError(f"ImageNet not found: expected {root}/train and {root}/val class folders "
                             f"(ILSVRC2012); set data.root=DIR")
-        return datasets.ImageFolder(root / "train", train_t), datasets.ImageFolder(root / "val", val_t)
+        train, val = datasets.ImageFolder(root / "train", train_t), datasets.ImageFolder(root / "val", val_t)
+        if train.classes != val.classes:  # ImageFolder numbers the classes of each folder separately
+            missing = sorted(set(train.classes) ^ set(val.classes))
+            raise DataError(f"{root}/train and {root}/val have different class folders ({len(train.classes)} vs "
+                            f"{len(val.classes)}; e.g. {missing[:3]}): labels would not match; give both "
+                            f"splits the same class folders")
+        return train, val
     if cfg.name == "cifar10":
         try:
             return (datasets.CIFAR10(root, train=True, transform=train_t, download=cfg.download),

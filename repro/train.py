@@ -72,7 +72,7 @@ class Data:
             self.stream = loaders.LoaderStream(train, t.batch_size, cfg.seed, d.workers, device)
             self.eval_batches = lambda: loaders.loader_eval_batches(val, t.eval_batch_size, d.workers, device)
             self.probe_x = None
-            self.n_test, self.num_classes = len(val), len(val.classes)
+            self.n_test, self.num_classes = len(val), len(train.classes)
             self.in_chans, self.img_size = 3, d.image_size
             self.describe = {"dataset": d.name, "source": f"{type(train).__name__} at {d.root}",
                              "n_train": len(train), "n_test": len(val), "image_shape": [3, d.image_size, d.image_size]}

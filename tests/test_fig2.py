@@ -127,3 +127,14 @@ def test_missing_image_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="data.root"):
         run(compose_config(["experiment=bn_x5", "scale=smoke", "data.name=imagenet", f"data.root={tmp_path}",
                             f"runs_dir={tmp_path / 'runs'}"]))
+
+
+def test_image_folder_splits_with_different_classes_are_refused(tmp_path):
+    from repro.errors import DataError
+
+    root = make_image_folder(tmp_path / "data", train=2, val=1)
+    (root / "val" / "dog" / "0.png").rename(root / "val" / "cat" / "1.png")
+    (root / "val" / "dog").rmdir()  # val numbers "cat" 0 like train, but has no "dog"
+    with pytest.raises(DataError, match="different class folders"):
+        run(compose_config(["experiment=bn_x5", "scale=smoke", "data.name=imagenet", f"data.root={root}",
+                            f"runs_dir={tmp_path / 'runs'}"]))
