@@ -331,7 +331,7 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
         **errors(counts[-1]), "n_images": n, "crops": crops, "crop_size": crop_size, "models": len(runs),
         "bn_stats": bn_stats, "pop_batches": pop_batches if bn_stats == "population" else None,
         "pop_batch_size": [r.cfg.train.batch_size for r in runs] if bn_stats == "population" else None,
-        "dataset": data.describe(), "top5_k": min(5, data.num_classes),
+        "dataset": data.describe(), "num_classes": data.num_classes, "top5_k": min(5, data.num_classes),
         "world_size": dist.world_size(), "wall_s": round(time.perf_counter() - t0, 2),
         "per_model": per_model, "predictions": preds,
     }

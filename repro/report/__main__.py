@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--claims", type=Path, default=None, help="claims ledger (default results/<fig>/claims.yaml)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="fig4: evaluate the first N test images (default: 2,000 at smoke/cpu scale, all above)")
     args = parser.parse_args(argv)
     try:
         if args.figure == "lr-sweep":
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
             module = importlib.import_module(f"repro.report.{args.figure}")
             claims = args.claims or Path("results") / args.figure / "claims.yaml"
-            path = module.build(args.runs_dir or Path("runs"), args.scale, args.out, claims)
+            kwargs = {"limit": args.limit} if args.figure == "fig4" else {}
+            path = module.build(args.runs_dir or Path("runs"), args.scale, args.out, claims, **kwargs)
     except ReproError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
