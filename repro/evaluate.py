@@ -91,23 +91,25 @@ class TensorData:
 
 
 class _Views(torch.utils.data.Dataset):
-    """One image's views: the runner's 1-crop transform, or multi_crop of the decoded full image."""
+    """One image's views: the runner's 1-crop transform, or multi_crop of the decoded full image.
+
+    Multi-crop views stay uint8 (144 float views of a 224 px image are 87 MB; uint8 is a quarter, in
+    workers' shared memory and on the way to the GPU) and become floats in [0, 1] on the device."""
 
     def __init__(self, dataset, crops: int, crop_size: int, one_crop):
-        from torchvision.transforms import v2
-
         self.dataset, self.crops, self.crop_size, self.one_crop = dataset, crops, crop_size, one_crop
-        self.to_float = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> torch.Tensor:
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
         img, _ = self.dataset[i]  # the dataset has no transform: a PIL image at its stored size
         if self.crops == 1:
-            return self.one_crop(img).unsqueeze(0)  # (1, C, crop, crop), exactly what training evaluated
-        # (V, C, crop, crop); V is 48 instead of 144 for a square image (same average, see repro.crops)
-        return multi_crop(self.to_float(img).unsqueeze(0), self.crops, self.crop_size, unique=True)[0]
+            return self.one_crop(img).unsqueeze(0)  # (1, C, crop, crop) float, exactly what training evaluated
+        # (V, C, crop, crop) uint8; V is 48 instead of 144 for a square image (same average, see repro.crops)
+        return multi_crop(pil_to_tensor(img.convert("RGB")).unsqueeze(0), self.crops, self.crop_size, unique=True)[0]
 
 
 def _cat_views(items: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
@@ -297,6 +299,8 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
     with torch.no_grad():
         for views, counts in data.view_batches(mine, crops, crop_size, batch_size):
             views = views.to(device, non_blocking=True)
+            if views.dtype == torch.uint8:  # folder datasets' multi-crop views
+                views = views.float().div_(255)
             for out, model in zip(probs, models, strict=True):
                 out.append(view_probabilities(model, views, counts))
             bar.update(len(counts))
