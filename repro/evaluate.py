@@ -44,9 +44,14 @@ DEFAULT_POP_BATCHES = 100  # our choice: Alg. 2 says "many" mini-batches; 100 x 
 # Averaging and scoring
 
 
-def average_probabilities(logits: list[torch.Tensor]) -> torch.Tensor:
-    """Mean of the softmax of each (N, K) logit tensor: §4.2.3's rule for views and for networks."""
-    return torch.stack([z.float().softmax(-1) for z in logits]).mean(0)
+def view_probabilities(model: nn.Module, views: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """(n, K): each image's class probabilities averaged over its `counts[i]` consecutive views.
+
+    §4.2.3's rule, for views as for networks: the mean of the softmax, never the softmax of the mean logit."""
+    probs = model(views).float().softmax(-1)  # (sum V, K)
+    if len(set(counts)) == 1:
+        return probs.view(len(counts), counts[0], -1).mean(1)
+    return torch.stack([p.mean(0) for p in probs.split(counts)])
 
 
 def correct_at(probs: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
@@ -245,14 +250,6 @@ def with_population_statistics(run: Run, num_batches: int, device: torch.device)
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def view_probabilities(model: nn.Module, views: torch.Tensor, counts: list[int]) -> torch.Tensor:
-    """(n, K): each image's class probabilities averaged over its `counts[i]` consecutive views."""
-    probs = model(views).float().softmax(-1)  # (sum V, K)
-    if len(set(counts)) == 1:
-        return probs.view(len(counts), counts[0], -1).mean(1)
-    return torch.stack([p.mean(0) for p in probs.split(counts)])
 
 
 def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "ema",

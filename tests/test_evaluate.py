@@ -17,7 +17,6 @@ import yaml
 from repro.crops import multi_crop
 from repro.errors import ReproError
 from repro.evaluate import (
-    average_probabilities,
     correct_at,
     evaluate_runs,
     load_runs,
@@ -58,10 +57,10 @@ def constant_copy(src: Path, dst: Path, logits: list[float]) -> Path:
     return dst
 
 
-def test_average_probabilities_is_not_the_average_of_logits():
+def test_views_average_probabilities_not_logits():
     a, b = torch.tensor([LOGITS_A]), torch.tensor([LOGITS_B])
     assert ((a + b) / 2).argmax().item() == 2
-    probs = average_probabilities([a, b])
+    probs = view_probabilities(torch.nn.Identity(), torch.cat([a, b]), [2])  # one image, two views
     assert probs.argmax().item() == 1
     torch.testing.assert_close(probs, (a.softmax(-1) + b.softmax(-1)) / 2)
     assert correct_at(probs, torch.tensor([0]), ks=(1, 2)) == [0, 1]
