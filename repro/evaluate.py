@@ -26,6 +26,8 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 from torch import nn
+from torchvision.transforms import v2
+from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
 from repro import dist, loaders, records
@@ -78,8 +80,10 @@ class TensorData:
         return self.splits.describe()
 
     def same_test_set(self, other) -> bool:
-        a, b = self.splits, getattr(other, "splits", None)
-        return (b is not None and (a.name, a.num_classes, a.x_test.shape) == (b.name, b.num_classes, b.x_test.shape)
+        if not isinstance(other, TensorData):
+            return False
+        a, b = self.splits, other.splits
+        return ((a.name, a.num_classes, a.x_test.shape) == (b.name, b.num_classes, b.x_test.shape)
                 and torch.equal(a.y_test, b.y_test) and torch.equal(a.x_test, b.x_test))
 
     def view_batches(self, index: list[int], crops: int, crop_size: int, batch_size: int):
@@ -108,13 +112,11 @@ class _Views(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from torchvision.transforms.v2.functional import pil_to_tensor
-
         img, _ = self.dataset[i]  # the dataset has no transform: a PIL image at its stored size
         if self.crops == 1:
             return self.one_crop(img).unsqueeze(0)  # (1, C, crop, crop) float, exactly what training evaluated
         # (V, C, crop, crop) uint8; V is 48 instead of 144 for a square image (same average, see repro.crops)
-        return multi_crop(pil_to_tensor(img.convert("RGB")).unsqueeze(0), self.crops, self.crop_size, unique=True)[0]
+        return multi_crop(pil_to_tensor(img).unsqueeze(0), self.crops, self.crop_size, unique=True)[0]
 
 
 def _cat_views(items: list[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
@@ -128,7 +130,7 @@ class FolderData:
         self.cfg = cfg
         _, self.val_t = loaders.folder_transforms(cfg)
         # validation images raw (views are built per item); training images as inference sees them (Alg. 2)
-        self.train, self.val = loaders.folder_datasets(cfg, train_t=self.val_t, val_t=loaders.unchanged)
+        self.train, self.val = loaders.folder_datasets(cfg, train_t=self.val_t, val_t=v2.Identity())
         self.labels = torch.as_tensor(self.val.targets)
         self.num_classes, self.in_chans, self.image_size = len(self.val.classes), 3, cfg.image_size
         self.n_train = len(self.train)

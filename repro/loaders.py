@@ -163,11 +163,6 @@ class LoaderStream:
 FOLDER_DATASETS = ("imagenet", "cifar10")
 
 
-def unchanged(img):
-    """A transform that returns the decoded image as it is (picklable, for DataLoader workers)."""
-    return img
-
-
 def folder_transforms(cfg: DataConfig):
     """(train, val) transforms for folder datasets: the paper's Inception-style crops and photometric
     distortions for training; resize to size*256/224 and center crop for validation (one crop, §4.2)."""
@@ -189,7 +184,8 @@ def folder_datasets(cfg: DataConfig, train_t=None, val_t=None):
     from torchvision import datasets
 
     default_train, default_val = folder_transforms(cfg)
-    train_t, val_t = train_t or default_train, val_t or default_val
+    train_t = default_train if train_t is None else train_t
+    val_t = default_val if val_t is None else val_t
     root = Path(cfg.root)
     if cfg.name == "imagenet":
         if not (root / "train").is_dir() or not (root / "val").is_dir():
