@@ -98,6 +98,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the training forward
     sync_bn: bool = False  # the paper's BN statistics are per replica; SyncBN is a step beyond it
+    deterministic: bool = False  # CUDA: deterministic kernels, no cuDNN autotuning (slower; bit-identical reruns)
 
 
 @dataclass

@@ -27,13 +27,20 @@ from repro.errors import DataError, ReproError
 # In-memory stream
 
 
+def uniform(gen: torch.Generator, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """U(0, 1) draws from a CPU generator (the same numbers on every device), sent to `device`
+    from pinned memory so a CUDA step never waits for the host (a pageable copy syncs the stream)."""
+    pin = device.type == "cuda"
+    return torch.rand(shape, generator=gen, pin_memory=pin).to(device, non_blocking=pin)
+
+
 def random_crop_flip(x: torch.Tensor, translate: int, zoom: float, hflip: bool,
                      gen: torch.Generator) -> torch.Tensor:
     """Inception-style crops for small images, per image in one batched call: a square crop of
     1/z of the side (z uniform in [1, zoom]) anywhere inside the image shifted by up to `translate`
     px, resized back to the full size, and mirrored with probability 1/2 if `hflip`."""
     n, w = x.shape[0], x.shape[-1]
-    r = torch.rand(4, n, generator=gen).to(x.device)
+    r = uniform(gen, (4, n), x.device)
     side = 1 / (1 + r[0] * (zoom - 1))  # crop side, as a fraction of the image
     room = 1 - side + 2 * translate / w  # how far the crop centre may move, in [-1, 1] coordinates
     flip = torch.where(r[3] < 0.5, -1.0, 1.0) if hflip else torch.ones_like(side)
@@ -46,7 +53,7 @@ def random_crop_flip(x: torch.Tensor, translate: int, zoom: float, hflip: bool,
 
 def photometric(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
     """Brightness and contrast jitter of relative `strength` per image (§4.2.1 change 7 lowers it)."""
-    u = (torch.rand(2, x.shape[0], 1, 1, 1, generator=gen) * 2 - 1).to(x.device) * strength
+    u = (uniform(gen, (2, x.shape[0], 1, 1, 1), x.device) * 2 - 1) * strength
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * (1 + u[1]) + mean + u[0]).clamp(0, 1)
 
@@ -74,16 +81,18 @@ class InMemoryStream:
         self.order, self.pos = self._new_order(), 0
 
     def _new_order(self) -> torch.Tensor:
+        """A pass's batches of indices, drawn on the CPU and sent to the device once per pass."""
         if self.cfg.shuffle == "full":
-            perm = torch.randperm(len(self.y), generator=self.gen)[: self.n]
-            return perm.view(-1, self.batch)
-        return self._batches[torch.randperm(len(self._batches), generator=self.gen)]
+            order = torch.randperm(len(self.y), generator=self.gen)[: self.n].view(-1, self.batch)
+        else:
+            order = self._batches[torch.randperm(len(self._batches), generator=self.gen)]
+        return order.to(self.x.device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pos == len(self.order):
             self.order, self.pos = self._new_order(), 0
         r = dist.rank()
-        idx = self.order[self.pos, r * self.local:(r + 1) * self.local].to(self.x.device)
+        idx = self.order[self.pos, r * self.local:(r + 1) * self.local]
         self.pos += 1
         x, c = self.x[idx], self.cfg
         if c.augment:
@@ -99,15 +108,35 @@ class InMemoryStream:
     def load_state_dict(self, s: dict) -> None:
         self.gen.set_state(s["gen"])
         self.aug_gen.set_state(s["aug_gen"])
-        self.order, self.pos, self._batches = s["order"], s["pos"], s["batches"]
+        self.order, self.pos, self._batches = s["order"].to(self.x.device), s["pos"], s["batches"]
 
 
 # ----------------------------------------------------------------------------------------------
 # Image-folder stream (ImageNet, CIFAR-10)
 
 
+class SeededSamples(torch.utils.data.Dataset):
+    """A map-style dataset whose random transform draws from a seed of its own for every sample.
+
+    The sampler hands out keys `epoch * n + index`; sample `index` of pass `epoch` is transformed
+    under the seed (run seed, key), so its augmentation does not depend on which worker loads it,
+    how many workers there are, or whether the run was resumed in between.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.n = dataset, seed, len(dataset)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key: int):
+        with torch.random.fork_rng(devices=[]):  # leave the caller's generator as it was (workers=0)
+            torch.manual_seed(self.seed << 40 | key)
+            return self.dataset[key % self.n]
+
+
 class ResumableSampler(Sampler[int]):
-    """Each rank's indices of a seeded per-epoch permutation, starting at a saved position."""
+    """Each rank's keys (epoch * n + index) of a seeded per-epoch permutation, from a saved position."""
 
     def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
         self.n, self.batch, self.seed, self.shuffle = n, batch_size, seed, shuffle
@@ -119,7 +148,7 @@ class ResumableSampler(Sampler[int]):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         mine = perm[self.rank::self.world][: self.per_rank]
-        return iter(mine[self.start:].tolist())
+        return iter((mine[self.start:] + self.epoch * self.n).tolist())
 
     def __len__(self) -> int:
         return self.per_rank - self.start
@@ -129,7 +158,7 @@ class LoaderStream:
     """Batches from a DataLoader with workers and pinned memory; position = (epoch, batch)."""
 
     def __init__(self, dataset, batch_size: int, seed: int, workers: int, device: torch.device):
-        self.dataset, self.batch, self.device, self.workers = dataset, batch_size, device, workers
+        self.dataset, self.batch, self.device, self.workers = SeededSamples(dataset, seed), batch_size, device, workers
         self.sampler = ResumableSampler(len(dataset), batch_size, seed)
         if self.sampler.per_rank == 0:
             raise ReproError(f"train.batch_size={batch_size} exceeds this rank's share of {len(dataset)} images")

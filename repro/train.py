@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -150,6 +151,11 @@ def run(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed + dist.rank())  # dropout differs per replica; data order does not
     if t_cfg.threads > 0:
         torch.set_num_threads(t_cfg.threads)
+    if device.type == "cuda":  # autotuned cuDNN kernels are fastest but may differ between runs
+        torch.backends.cudnn.benchmark = not t_cfg.deterministic
+        if t_cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)  # warns where an op has no such kernel
     if cfg.scale.images_per_gpu_s and dist.is_main():
         images = t_cfg.steps * t_cfg.batch_size * dist.world_size()
         log.info("scale %s: %.3g images, about %.0f GPU-hours at %.0f images/s per GPU", cfg.scale.name, images,

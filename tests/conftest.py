@@ -56,12 +56,14 @@ def make_image_folder(root: Path, train: int = 12, val: int = 5, square_val: int
     return root
 
 
-def run_killed_after(cfg: Config, batches: int) -> None:
-    """Run `cfg` and kill it (KeyboardInterrupt) when it asks for batch number `batches` + 1."""
-    from repro.loaders import InMemoryStream
+def run_killed_after(cfg: Config, batches: int, stream: str = "InMemoryStream") -> None:
+    """Run `cfg` and kill it (KeyboardInterrupt) when it asks for batch number `batches` + 1 of its
+    `stream` (repro.loaders.InMemoryStream, or LoaderStream for folder datasets)."""
+    from repro import loaders
     from repro.train import run
 
-    original, calls = InMemoryStream.next, {"n": 0}
+    stream_cls = getattr(loaders, stream)
+    original, calls = stream_cls.next, {"n": 0}
 
     def dying(self):
         calls["n"] += 1
@@ -70,6 +72,6 @@ def run_killed_after(cfg: Config, batches: int) -> None:
         return original(self)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(InMemoryStream, "next", dying)
+        mp.setattr(stream_cls, "next", dying)
         with pytest.raises(KeyboardInterrupt):
             run(cfg)
