@@ -12,7 +12,7 @@ RUNS ?= runs
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test bench lint clean
+.PHONY: help install reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test bench gpu-check lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench: install ## Speed: Figure 1 job and the runner vs bare torch loops; our In
 	$(PY) scripts/bench_fig1.py
 	$(PY) scripts/bench_runner.py
 	$(PY) scripts/bench_models.py
+
+gpu-check: install ## On a GPU machine (~6 min): 224 px networks vs timm, runner vs bare loop, input pipeline, resume; writes results/gpu/<card>/
+	PYTHON=$(PY) scripts/gpu_check.sh --out results/gpu
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check repro tests scripts

@@ -12,10 +12,13 @@ as our choice.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 # ----------------------------------------------------------------------------------------------
 # One dataclass per concern
@@ -146,3 +149,15 @@ def register_configs() -> None:
 def to_config(cfg: Any) -> Config:
     """Convert a composed DictConfig into the typed `Config` (resolving interpolations)."""
     return OmegaConf.to_object(cfg) if not isinstance(cfg, Config) else cfg
+
+
+def compose(overrides: list[str]) -> Config:
+    """The typed Config that `python -m repro.train OVERRIDES` runs, for scripts and tests."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_config(hydra_compose(config_name="config", overrides=overrides))

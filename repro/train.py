@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import repro.models  # noqa: F401  (registers the paper's networks with timm)
 from repro import dist, loaders, records
-from repro.config import Config, ModelConfig, register_configs, to_config
+from repro.config import CONF_DIR, Config, ModelConfig, register_configs, to_config
 from repro.data import DATASETS, load_splits
 from repro.errors import ReproError
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
@@ -276,7 +276,6 @@ def run(cfg: Config) -> dict:
 # Entry
 
 register_configs()
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 import repro.models  # noqa: E402,F401
 from repro import records  # noqa: E402
+from repro.config import compose as compose_config  # noqa: E402
 from repro.data import load_splits  # noqa: E402
 from repro.optim import build_optimizer  # noqa: E402
 from repro.train import run  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
 
-torch.set_num_threads(os.cpu_count())  # tests.conftest pins one thread for the test suite; use every core
+torch.set_num_threads(os.cpu_count())  # use every core
 
 
 def bare(cfg, steps: int, warmup: int) -> float:
