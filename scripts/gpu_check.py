@@ -26,8 +26,9 @@ import argparse
 import json
 import os
 import platform
-import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -329,7 +330,7 @@ def main() -> int:
     t_start = time.time()
     out_dir = args.out / card_slug(device)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / ".gpu_check_work"
+    tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # generated data and scratch runs, removed at the end
     result = {"sizes": asdict(sz), "env": environment(device), "seconds": {}}
 
     def section(name, fn, *a):
@@ -361,7 +362,7 @@ def main() -> int:
     records.write_json(out_dir / "gpu_check.json", result)
     (out_dir / "report.md").write_text(render(result))
     log(f"wrote {out_dir}/report.md and gpu_check.json in {result['seconds']['total']:.0f} s")
-    subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
     return 1 if any(isinstance(v, dict) and "error" in v for v in result.values()) else 0
 
 
