@@ -170,7 +170,7 @@ def run(cfg: Config) -> dict:
     optimizer = build_optimizer(net, cfg.optim)
     probe = SigmoidProbe(net, data.probe_x, t_cfg.probe_units) if t_cfg.probe_every and data.probe_x is not None else None
 
-    start, wall0, wandb_id = 0, 0.0, None
+    start, wall0, wandb_id, resumes = 0, 0.0, None, []
     ckpt = records.load_checkpoint(run_dir) if run_dir is not None else None
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
@@ -179,6 +179,7 @@ def run(cfg: Config) -> dict:
         rngs = ckpt["rng"]
         _set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
         start, wall0, wandb_id = ckpt["step"], ckpt["wall"], ckpt["wandb_id"]
+        resumes = ckpt.get("resumes", []) + [start]  # every step this run was resumed from
         log.info("resuming %s from step %d", run_dir, start)
     # BN statistics stay per replica (§4.2): buffers are not broadcast from rank 0 every step.
     model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if dist.is_distributed() else net
@@ -198,7 +199,8 @@ def run(cfg: Config) -> dict:
         if dist.is_main():
             records.save_checkpoint(run_dir, {
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "data": data.stream.state_dict(),
-                "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": metrics.wandb_id})
+                "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": metrics.wandb_id,
+                "resumes": resumes})
 
     def observe(step: int, loss: float | None) -> dict:
         rec = {"step": step, "lr": lr_at(step, cfg.optim), "wall": round(wall0 + time.perf_counter() - t0, 3)}
@@ -263,7 +265,7 @@ def run(cfg: Config) -> dict:
             "final_test_acc": accs[-1] if accs and status == "complete" else None,
             "best_test_acc": max(accs) if accs else None, "lr_base": cfg.optim.lr, "lr_peak": peak_lr(cfg.optim),
             "world_size": dist.world_size(), "global_batch": t_cfg.batch_size * dist.world_size(),
-            "wall_s": round(wall, 2), "data": data.describe,
+            "wall_s": round(wall, 2), "data": data.describe, "resumed_from": resumes,
         }
         records.write_json(run_dir / "summary.json", summary)
         metrics.close(summary)

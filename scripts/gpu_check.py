@@ -7,7 +7,8 @@ Every comparison is measured side by side in this one process:
 1. networks: training images/s, MAC/s and peak memory of bn_inception, inception_paper and timm's
    inception_v3 at 224 px (bf16 autocast, channels_last), batch 32, 128 and the largest power of two
    that fits, eager and torch.compile; a profile of one step says where the time goes.
-2. runner: `repro.train.run` against a bare loop on the same model, batch and data on the GPU.
+2. runner: `repro.train.run` against a bare loop on the same model, batch and data on the GPU (timed
+   before and after the runner), and the operators each dispatches per step.
 3. pipeline: the runner's folder loader (JPEG decode + Inception crops + colour distortion in CPU
    workers) on a generated ImageFolder of ImageNet-sized JPEGs, against GPU decoding (nvJPEG) with the
    same augmentations on the GPU, against the GPU's training images/s.
@@ -35,22 +36,19 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 import gpu_pipeline  # noqa: E402
+import gpu_runner  # noqa: E402
 from bench_models import make_step, seconds  # noqa: E402
 from gpu_report import render  # noqa: E402
 
 import repro.models  # noqa: E402,F401  (registers the paper's networks with timm)
 from repro import records  # noqa: E402
-from repro.config import compose as compose_config  # noqa: E402
 from repro.models import count_macs  # noqa: E402
-from repro.optim import build_optimizer  # noqa: E402
-from repro.train import build_model, run  # noqa: E402
 
 
 @dataclass
@@ -121,6 +119,34 @@ def _time_net(make, sz: Sizes, batch: int, device, compile_: bool) -> dict:
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
     return {"batch": batch, "compile": compile_, "macs": macs, "images_s": ips, "gmac_s": ips * macs / 1e9,
             "peak_gib": peak, "first_step_s": first}
+
+
+@torch.no_grad()
+def shapes(sz: Sizes) -> dict:
+    """Per image, on the CPU: MACs, and the elements that batch norms and pools produce (memory-bound
+    work), for each network, counted at the operator level so functional pools (timm's) count too."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Elements(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = {"bn_elements": 0, "pool_elements": 0}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func.overloadpacket.__name__
+            key = "bn_elements" if "batch_norm" in name else "pool_elements" if "pool2d" in name else None
+            if key and "adaptive" not in name:  # the global pool before the classifier is not a layer's work
+                self.n[key] += (out[0] if isinstance(out, tuple) else out).numel()
+            return out
+
+    out = {}
+    for name, make in _nets(sz).items():
+        model, x = make().eval(), torch.randn(1, 3, sz.img, sz.img)
+        with Elements() as e:
+            model(x)
+        out[name] = {"macs": count_macs(model, x)} | e.n
+    return out
 
 
 def _largest_batch(rows: list[dict], device) -> int | None:
@@ -215,63 +241,6 @@ def compiled(nets: dict, sz: Sizes, device, deadline: float, save) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. The runner against a bare loop
-
-
-def runner(sz: Sizes, device, fmnist: Path, tmp: Path) -> dict:
-    """bn_x30 at gpu-scale width, batch and precision on in-memory Fashion-MNIST already on the GPU."""
-    n = sz.runner_steps
-    overrides = ["experiment=bn_x30", "scale=gpu", "data.name=fashion_mnist", "data.source=debian",
-                 f"data.debian_dir={fmnist}", f"train.steps={n}", f"train.eval_every={n}",
-                 f"train.log_every={n // 6}", f"train.device={device.type}", f"runs_dir={tmp / 'runner'}",
-                 "logger.wandb.mode=disabled", "logger.progress=off"]
-    overrides.append(f"data.limit_test={1000 if device.type == 'cuda' else 64}")
-    if device.type == "cpu":
-        overrides += [f"model.width={sz.width}", "train.batch_size=8", "train.amp=false"]
-    cfg = compose_config(overrides)
-    summary = run(cfg)
-    rows = [r for r in records.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl") if "loss" in r]
-    first, last = rows[0], rows[-1]  # step log_every .. steps: no evaluation inside
-    runner_ips = (last["step"] - first["step"]) * cfg.train.batch_size / (last["wall"] - first["wall"])
-    ckpt_s = _checkpoint_seconds(Path(summary["run_dir"]))
-
-    # the bare loop: same model, optimizer, batch, precision and images on the device; indices drawn there
-    from repro.data import load_splits
-
-    x = load_splits(cfg.data).x_train.to(device)
-    model = build_model(cfg.model, 1, 10, 28).to(device, memory_format=torch.channels_last).train()
-    opt = build_optimizer(model, cfg.optim)
-    gen = torch.Generator(device=device).manual_seed(0)
-    y = torch.randint(0, 10, (len(x),), device=device, generator=gen)
-    b = cfg.train.batch_size
-
-    def step():
-        idx = torch.randint(len(x), (b,), device=device, generator=gen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp):
-            loss = F.cross_entropy(model(x[idx].contiguous(memory_format=torch.channels_last)), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    timed = last["step"] - first["step"]
-    for _ in range(first["step"]):
-        step()
-    bare_ips = b * timed / seconds(step, timed, device)
-    return {"experiment": "bn_x30", "batch": b, "amp": cfg.train.amp, "width": cfg.model.width,
-            "data": summary["data"]["source"], "timed_steps": timed, "runner_images_s": runner_ips,
-            "bare_images_s": bare_ips, "ratio": runner_ips / bare_ips, "checkpoint_s": ckpt_s,
-            "checkpoint_every_gpu_scale": compose_config(["experiment=bn_x30", "scale=gpu"]).train.checkpoint_every}
-
-
-def _checkpoint_seconds(run_dir: Path) -> float:
-    """Seconds to write the run's checkpoint once more (what each checkpoint_every costs)."""
-    state = torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)
-    t0 = time.perf_counter()
-    records.save_checkpoint(run_dir, state)
-    return time.perf_counter() - t0
-
-
-# ----------------------------------------------------------------------------------------------
 # 5. GPU-hours at the paper's scale
 
 
@@ -309,15 +278,35 @@ def card_slug(device) -> str:
     return "-".join(name.lower().replace("nvidia", "nvidia ").split())[:40]
 
 
+def load(path: Path) -> dict:
+    """gpu_check.json, with the rows of a compile-only rerun on the same machine (compiled.json beside
+    it, {"compiled": {...}, "skipped": [...]}) in place of the ones the budget skipped."""
+    result = json.loads(path.read_text())
+    if "shapes" not in result and path.with_name("shapes.json").exists():  # computed on a CPU afterwards
+        result["shapes"] = json.loads(path.with_name("shapes.json").read_text())
+    extra = path.with_name("compiled.json")
+    if extra.exists() and "eager" in result.get("networks", {}):
+        more, nets = json.loads(extra.read_text()), result["networks"]
+        nets["compiled"] |= more["compiled"]
+        nets["skipped"] = [s for s in nets["skipped"] if not s.startswith("compile ")] + more["skipped"]
+        nets["compiled_separately"] = True
+        result["hours"] = hours(nets)
+    return result
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "results/gpu")))
     p.add_argument("--budget", type=float, default=480,
                    help="seconds the check may take: no compilation starts in its last 100")
     p.add_argument("--render", type=Path, help="only render report.md from this gpu_check.json")
+    p.add_argument("--shapes", type=Path, help="only write the networks' per-image counts (CPU) to this file")
     args = p.parse_args()
+    if args.shapes:
+        records.write_json(args.shapes, shapes(Sizes()))
+        return 0
     if args.render:
-        (args.render.parent / "report.md").write_text(render(json.loads(args.render.read_text())))
+        (args.render.parent / "report.md").write_text(render(load(args.render)))
         return 0
     cpu = os.environ.get("GPU_CHECK_CPU") == "1"
     if not cpu and not torch.cuda.is_available():
@@ -349,9 +338,10 @@ def main() -> int:
     fmnist = gpu_pipeline.fashion_mnist(tmp)
     folder = gpu_pipeline.make_folder(tmp / "folder", fmnist, sz)
     result["folder"] = folder
+    section("shapes", shapes, sz)
     section("networks", networks, sz, device)
     section("pipeline", gpu_pipeline.pipeline, sz, device, Path(folder["root"]))
-    section("runner", runner, sz, device, Path(fmnist["dir"]), tmp)
+    section("runner", gpu_runner.runner, sz, device, Path(fmnist["dir"]), tmp)
     section("resume", gpu_pipeline.resume, sz, device, Path(folder["root"]), tmp)
     if "error" not in result["networks"]:  # last: compiling is the slowest part, and optional
         log("compile ...")

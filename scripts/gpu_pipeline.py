@@ -3,6 +3,7 @@ folder loader against GPU decoding, and a torchrun kill-and-resume of bn_x30 on 
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -154,17 +155,54 @@ def pipeline(sz, device, root: Path) -> dict:
     cpu_ips = _rate(iter(stream.next, None), sz.loader_batches, sz.loader_batch, device)
     del stream  # its workers stop before the next path is timed
 
-    def gpu_batches():
+    def gpu_batches(augment):
         data = DataLoader(_FileBytes(ImageFolder(root / "train").samples), batch_size=sz.loader_batch,
                           shuffle=True, num_workers=sz.workers, collate_fn=_lists, prefetch_factor=4)
         for files, y in data:
-            images = torchvision.io.decode_jpeg(files, device=device.type)
-            yield torch.stack([train_t(im) for im in images]), y.to(device, non_blocking=True)
+            yield augment(torchvision.io.decode_jpeg(files, device=device.type)), y.to(device, non_blocking=True)
 
-    gpu_ips = _rate(gpu_batches(), sz.loader_batches, sz.loader_batch, device)
-    return {"workers": sz.workers, "batch": sz.loader_batch, "batches_timed": sz.loader_batches - 1,
-            "transforms": repr(train_t).replace("\n", " "), "loader_images_s": cpu_ips,
-            "gpu_decode_images_s": gpu_ips}
+    gen = torch.Generator(device=device).manual_seed(0)
+    paths = {  # decode alone bounds the others; per-image transforms are the runner's own, on the GPU
+        "gpu_decode_only": lambda images: images,
+        "gpu_batched": lambda images: gpu_augment(images, sz.img, cfg.distort, gen),
+        "gpu_per_image": lambda images: torch.stack([train_t(im) for im in images]),
+    }
+    n = {"gpu_per_image": max(2, sz.loader_batches // 4)}  # slow: fewer batches
+    out = {"workers": sz.workers, "batch": sz.loader_batch, "batches_timed": sz.loader_batches - 1,
+           "transforms": repr(train_t).replace("\n", " "), "loader_images_s": cpu_ips}
+    for name, fn in paths.items():
+        out[f"{name}_images_s"] = _rate(gpu_batches(fn), n.get(name, sz.loader_batches), sz.loader_batch, device)
+    return out
+
+
+def gpu_augment(images: list[torch.Tensor], size: int, distort: float, gen: torch.Generator) -> torch.Tensor:
+    """Inception-style crops, mirrors and colour jitter for a whole batch of decoded uint8 images in a
+    few kernels: one `roi_align` resamples each image's random crop (scale 8-100%, aspect 3/4-4/3, as
+    RandomResizedCrop) to size x size, averaging 2x2 bilinear samples per pixel; then per-image
+    brightness, contrast and saturation factors in [1 - distort, 1 + distort] (no hue shift)."""
+    from torchvision.ops import roi_align
+    from torchvision.transforms import RandomResizedCrop
+
+    n, dev = len(images), images[0].device
+    h, w = max(im.shape[-2] for im in images), max(im.shape[-1] for im in images)
+    batch = torch.zeros(n, 3, h, w, device=dev)
+    boxes = torch.empty(n, 5)
+    for i, im in enumerate(images):
+        batch[i, :, :im.shape[-2], :im.shape[-1]] = im
+        top, left, ch, cw = RandomResizedCrop.get_params(im, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
+        boxes[i] = torch.tensor([i, left, top, left + cw, top + ch])
+    x = roi_align(batch, boxes.to(dev), output_size=size, sampling_ratio=2, aligned=True) / 255
+    flip = torch.rand(n, 1, 1, 1, device=dev, generator=gen) < 0.5
+    x = torch.where(flip, x.flip(-1), x)
+    if distort:
+        f = 1 + (torch.rand(3, n, 1, 1, 1, device=dev, generator=gen) * 2 - 1) * distort
+        luma = torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)
+        x = x * f[0]  # brightness
+        mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        x = (x - mean) * f[1] + mean  # contrast: towards the mean grey
+        grey = (x * luma).sum(1, keepdim=True)
+        x = (x - grey) * f[2] + grey  # saturation: towards each pixel's grey
+    return x.clamp(0, 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,8 +222,32 @@ def _metrics(runs_dir: Path) -> list[dict]:
     return rows
 
 
+def _summary(runs_dir: Path) -> dict:
+    files = sorted(runs_dir.glob("*/summary.json"))
+    return json.loads(files[0].read_text()) if files else {}
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc): torchrun starts its workers in sessions of their own, so
+    killing the launcher's process group would leave them running."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    out, frontier = [], [pid]
+    while frontier:
+        kids = [c for c, pp in parent.items() if pp in frontier]
+        out += kids
+        frontier = kids
+    return out
+
+
 def _launch(cmd: list[str], log: Path, kill_after: int | None = None, runs_dir: Path | None = None) -> dict:
-    """Run `cmd`; with kill_after, SIGKILL its process group once a step >= kill_after is logged."""
+    """Run `cmd`; with kill_after, SIGKILL it and every process it started once a step >= kill_after
+    is logged (the step reported is the last one seen: the run may get a little further)."""
     env = os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     t0 = time.time()
     with open(log, "ab") as f:
@@ -195,7 +257,9 @@ def _launch(cmd: list[str], log: Path, kill_after: int | None = None, runs_dir: 
             rows = _metrics(runs_dir)
             if rows and rows[-1]["step"] >= kill_after:
                 killed_at = rows[-1]["step"]
-                os.killpg(p.pid, signal.SIGKILL)
+                for pid in [p.pid, *_descendants(p.pid)]:  # the launcher and its workers, at once
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 break
             time.sleep(0.01)
         rc = p.wait()
@@ -226,13 +290,13 @@ def resume(sz, device, root: Path, tmp: Path) -> dict:
                  for k in ("loss", "test_acc", "test_loss")}
         out[setting] = {
             "runs": {"unbroken": ref, "killed": killed, "resumed": resumed},
-            "resumed_from": [ln.split("from step")[-1].strip() for ln in text.splitlines() if "resuming" in ln][-1:],
+            "resumed_from": _summary(d / "b").get("resumed_from"),
             "steps_compared": len(a) if [r["step"] for r in a] == [r["step"] for r in b] else None,
             "identical": bool(a) and a == b, "max_abs_diff": diffs,
             "final_test_acc": {"unbroken": (a[-1] if a else {}).get("test_acc"),
                                "resumed": (b[-1] if b else {}).get("test_acc")},
             "nondeterministic_ops": sorted({ln.split("UserWarning: ")[-1][:120] for ln in text.splitlines()
                                             if "does not have a deterministic implementation" in ln}),
-            "log_tail": text[-1500:] if ref["rc"] or resumed["rc"] else "",
+            "log_tail": text[-1500:],
         }
     return out

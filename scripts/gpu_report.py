@@ -42,24 +42,36 @@ def networks(r: dict) -> str:
                              _f(x["first_step_s"], 1), _f(ratio, 2) if name == "bn_inception" else ""])
     table = _table(["network", "batch", "compiled", "MMAC/img", "img/s", "GMAC/s", "peak GiB", "first step s",
                     "ours/timm per MAC"], rows)
+    shape = ""
+    if "shapes" in r and "macs" in r["shapes"].get("bn_inception", {}):
+        o, t = r["shapes"]["bn_inception"], r["shapes"]["timm inception_v3"]
+        shape = (f"Per image, bn_inception does {o['macs'] / t['macs']:.2f}x timm's MACs but produces "
+                 f"{o['bn_elements'] / t['bn_elements']:.2f}x its BatchNorm outputs and "
+                 f"{o['pool_elements'] / t['pool_elements']:.2f}x its pooled elements "
+                 f"({o['bn_elements'] / 1e6:.2f}M / {o['pool_elements'] / 1e6:.2f}M against "
+                 f"{t['bn_elements'] / 1e6:.2f}M / {t['pool_elements'] / 1e6:.2f}M): memory-bound work that a "
+                 f"MAC count does not see.\n\n")
     met = [f"batch {b}{' compiled' if c else ''}: **{x:.2f}x** ({'met' if x >= 1 else f'missed by {(1 - x) * 100:.0f}%'})"
            for b, c, x in ratios]
-    prof = []
+    prof, b0 = [], r["sizes"]["batches"][0]
     for name, p in nets.get("profile", {}).items():
-        busy = p["gpu_busy_ms_per_step"]
-        head = (f"- **{name}**, batch {r['sizes']['batches'][0]}, eager: {p['wall_ms_per_step']:.1f} ms a step"
-                + (f", of which the GPU computes {busy:.1f} ms ({busy / p['wall_ms_per_step']:.0%}) in "
-                   f"{p['kernels_per_step']:.0f} kernels" if busy is not None else ""))
+        busy, step_ms = p["gpu_busy_ms_per_step"], 1e3 * b0 / _row(nets, name, b0, False)["images_s"]
+        head = (f"- **{name}**, batch {b0}, eager: {step_ms:.1f} ms a step ({p['wall_ms_per_step']:.1f} under the "
+                f"profiler)" + (f", of which the GPU computes {busy:.1f} ms ({busy / step_ms:.0%}) in "
+                                f"{p['kernels_per_step']:.0f} kernels" if busy is not None else ""))
         tops = "; ".join(f"`{t['name'][:60]}` {t['ms_per_step']:.2f} ms" for t in p["top"][:5])
         prof.append(f"{head}. Largest: {tops}.")
     skipped = "".join(f"- {s}\n" for s in nets.get("skipped", []))
+    if nets.get("compiled_separately"):
+        skipped += ("\nThe compiled rows come from a second, compile-only invocation on the same machine right after "
+                    "the check (`compiled.json`): the check's own time budget ran out before its compilations.\n")
     return (f"Training steps (forward, backward, SGD with momentum) on random 224 px images, bf16 autocast, "
             f"channels_last, cuDNN autotuning; best of {r['sizes']['rounds']} timed rounds after "
             f"{r['sizes']['warmup']} warm-up steps. MACs are counted per image (convolutions and the classifier). "
             f"`first step` includes cuDNN autotuning and, compiled, the compilation.\n\n{table}\n"
-            f"Target, ours per MAC ≥ 1.0x timm's inception_v3: " + "; ".join(met) + ".\n\n"
-            "Where one step's time goes (torch.profiler, 5 steps):\n\n" + "\n".join(prof) + "\n"
-            + (f"\nNot run:\n{skipped}" if skipped else ""))
+            f"Target, ours per MAC ≥ 1.0x timm's inception_v3: " + "; ".join(met) + ".\n\n" + shape
+            + "Where one step's time goes (torch.profiler, 5 steps):\n\n" + "\n".join(prof) + "\n"
+            + (f"\nNot run:\n\n{skipped}" if skipped else ""))
 
 
 def runner(r: dict) -> str:
@@ -75,8 +87,17 @@ def runner(r: dict) -> str:
             + _table(["", "img/s"], [["bare loop", _f(x["bare_images_s"])], ["runner", _f(x["runner_images_s"])],
                                      ["**ratio runner/bare**", f"**{x['ratio']:.3f}** (target ≥ 0.95: "
                                       f"{'met' if x['ratio'] >= 0.95 else 'missed'})"]])
+            + (f"\nThe bare loop was timed before and after the runner ({_f(x['bare_before_after'][0])} and "
+               f"{_f(x['bare_before_after'][1])} img/s); the ratio uses the faster.\n" if "bare_before_after" in x else "")
+            + (_ops(x["ops_per_step"]) if "ops_per_step" in x else "")
             + f"\nOne checkpoint takes {x['checkpoint_s']:.2f} s; at the gpu scale's interval "
               f"({x['checkpoint_every_gpu_scale']:,} steps) that is {per:.2%} of the training time.\n")
+
+
+def _ops(o: dict) -> str:
+    extra = ", ".join(f"`{k}` {v:+.0f}" for k, v in list(o["extra"].items())[:8])
+    return (f"\nOperators dispatched per step (each a kernel launch or a view): runner {o['runner']:.0f}, bare loop "
+            f"{o['bare']:.0f} ({o['runner'] / o['bare'] - 1:+.1%}); the differences: {extra}.\n")
 
 
 def _training_ips(r: dict, batch: int) -> float | None:
@@ -88,34 +109,45 @@ def _training_ips(r: dict, batch: int) -> float | None:
     return max((x["images_s"] for x in rows), default=None)
 
 
+PIPELINE_PATHS = (  # (key in gpu_check.json, what it is)
+    ("loader_images_s", "runner's folder loader: PIL decode + v2 transforms in CPU workers"),
+    ("gpu_decode_only_images_s", "nvJPEG decode on the GPU alone (`decode_jpeg(device='cuda')`), no augmentation"),
+    ("gpu_batched_images_s", "nvJPEG decode + batched GPU crops/mirror/colour (`gpu_augment`: one roi_align, no hue)"),
+    ("gpu_per_image_images_s", "nvJPEG decode + the runner's v2 transforms on the GPU, image by image"),
+)
+
+
 def pipeline(r: dict) -> str:
-    x, fo = r["pipeline"], r["folder"]
+    x, fo = dict(r["pipeline"]), r["folder"]
     if (failed := _failed(x)) is not None:
         return failed
+    if "gpu_decode_images_s" in x:  # the first check's name for the per-image path
+        x["gpu_per_image_images_s"] = x.pop("gpu_decode_images_s")
     train = _training_ips(r, x["batch"])
-    rows = [["runner's folder loader (PIL decode + v2 transforms in CPU workers)", _f(x["loader_images_s"]),
-             _f(x["loader_images_s"] / train, 2) if train else "—"],
-            ["GPU decode (nvJPEG, `torchvision.io.decode_jpeg(device='cuda')`) + the same v2 transforms on the GPU",
-             _f(x["gpu_decode_images_s"]), _f(x["gpu_decode_images_s"] / train, 2) if train else "—"]]
+    rows = [[what, _f(x[k]), _f(x[k] / train, 2) if train else "—"] for k, what in PIPELINE_PATHS if k in x]
     if train:
         rows.append([f"bn_inception training at batch {x['batch']} (section 1, fastest)", _f(train), "1.00"])
     src = "real Fashion-MNIST images" if fo["from_real_fashion_mnist"] else "random stand-in images"
     return (f"A generated ImageFolder: {fo['train_unique']:,} unique {fo['jpeg_size'][0]}x{fo['jpeg_size'][1]} "
             f"JPEGs (quality 90, mean {fo['mean_kib']:.0f} KiB; {src} upscaled, tinted, with noise) listed "
             f"{fo['train'] // fo['train_unique']} times each ({fo['train']:,} training entries), 10 classes, "
-            f"{fo['val']} validation images. Batch {x['batch']}, {x['workers']} workers, {x['batches_timed']} "
-            f"batches timed after the first arrived. Transforms: `{x['transforms']}`.\n\n"
+            f"{fo['val']} validation images. Batch {x['batch']}, {x['workers']} workers (reading files only, on the "
+            f"GPU paths), up to {x['batches_timed']} batches timed after the first arrived. The runner's "
+            f"transforms: `{x['transforms']}`.\n\n"
             + _table(["path", "img/s", "/ GPU training img/s"], rows)
             + ("\n" + _keep_up(x, train) if train else ""))
 
 
 def _keep_up(x: dict, train: float) -> str:
-    lo, gd = x["loader_images_s"] / train, x["gpu_decode_images_s"] / train
+    lo = x["loader_images_s"] / train
     if lo >= 1:
         return f"The folder loader keeps up with training ({lo:.2f}x what the GPU consumes).\n"
+    gpu = {k: x[k] / train for k, _ in PIPELINE_PATHS[1:] if k in x}
+    best = max(gpu, key=gpu.get)
     return (f"The folder loader **cannot keep up**: it delivers {lo:.0%} of what the GPU trains, so a run on "
-            f"this card would wait on its input {1 - lo:.0%} of the time. Decoding on the GPU delivers "
-            f"{gd:.2f}x the training rate" + (" and removes the bottleneck" if gd >= 1 else "") + ".\n")
+            f"this card would wait on its input {1 - lo:.0%} of the time. The fastest GPU path measured "
+            f"(`{best.removesuffix('_images_s')}`) delivers {gpu[best]:.2f}x the training rate"
+            + (", enough to remove the bottleneck" if gpu[best] >= 1 else ", not enough either") + ".\n")
 
 
 def resume(r: dict) -> str:
@@ -131,10 +163,15 @@ def resume(r: dict) -> str:
         if s is None:
             continue
         d = s["max_abs_diff"]
-        rows.append([setting, s["runs"]["killed"]["killed_at_step"], ", ".join(s["resumed_from"]) or "—",
+        rows.append([setting, s["runs"]["killed"]["killed_at_step"], ", ".join(map(str, s["resumed_from"] or [])) or "—",
                      s["steps_compared"], "**yes**" if s["identical"] else "no",
                      " / ".join("—" if d[k] is None else f"{d[k]:.2g}" for k in ("loss", "test_acc", "test_loss")),
                      f"{_f(s['final_test_acc']['unbroken'], 4)} / {_f(s['final_test_acc']['resumed'], 4)}"])
+        if not s["resumed_from"]:
+            out.append(f"**{setting}: no resume happened.** The second launch found the run already finished "
+                       f"({s['runs']['resumed']['seconds']:.0f} s against {s['runs']['unbroken']['seconds']:.0f} s "
+                       "unbroken): the kill did not stop the worker, which ran on to the end. This row compares two "
+                       "independent unbroken runs, not a resume.\n")
         if s["nondeterministic_ops"]:
             out.append(f"Ops without a deterministic kernel ({setting}): " + "; ".join(s["nondeterministic_ops"]) + "\n")
         if s["log_tail"]:

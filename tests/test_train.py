@@ -76,6 +76,7 @@ def test_folder_run_resumes_bit_identically(tmp_path, workers):
     run_killed_after(cfg, 5, stream="LoaderStream")
     resumed = run(cfg)
     assert len(_metrics(full)) == 7 and _metrics(resumed) == _metrics(full)
+    assert full["resumed_from"] == [] and resumed["resumed_from"] == [4]
 
 
 def test_nan_loss_is_recorded_as_divergence(smoke):
