@@ -135,7 +135,8 @@ def pipeline(r: dict) -> str:
             f"GPU paths), up to {x['batches_timed']} batches timed after the first arrived. The runner's "
             f"transforms: `{x['transforms']}`.\n\n"
             + _table(["path", "img/s", "/ GPU training img/s"], rows)
-            + ("\n" + _keep_up(x, train) if train else ""))
+            + ("\n" + _keep_up(x, train) if train else "")
+            + "".join(f"\nNot measured in this check: {what}.\n" for k, what in PIPELINE_PATHS if k not in x))
 
 
 def _keep_up(x: dict, train: float) -> str:
