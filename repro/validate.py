@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from repro.config import DataConfig
 from repro.data import DATASETS, SOURCES
 from repro.errors import ReproError
 from repro.loaders import FOLDER_DATASETS
@@ -150,11 +151,19 @@ def problems(cfg: Any) -> list[str]:
     return out
 
 
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def check(cfg: Any) -> Any:
-    """Raise one ReproError listing every invalid value of `cfg`; record its paths absolute. Returns cfg."""
+    """Raise one ReproError listing every invalid value of `cfg`; record its paths absolute, and a given
+    data.root as the source it names (never silently replaced by another source). Returns cfg."""
     found = problems(cfg)
     if found:
         raise ReproError("; ".join(found))
+    d = cfg.data
+    if d.source == "auto" and d.name in DATASETS and _absolute(d.root) != _absolute(DataConfig.root):
+        d.source = "torchvision"
     for key in PATHS:
-        _set(cfg, key, os.path.abspath(os.path.expanduser(_get(cfg, key))))
+        _set(cfg, key, _absolute(_get(cfg, key)))
     return cfg

