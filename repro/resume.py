@@ -90,38 +90,43 @@ def _held(lock: Path) -> bool:
     pid, host = _owner(lock)
     if host != socket.gethostname():
         return True
+    if pid <= 0:
+        return False
     try:
-        os.kill(pid, 0) if pid > 0 else None
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
         return True
-    return pid > 0
+    return True
 
 
 def acquire(run_dir: Path) -> Path:
     """Take `run_dir`'s lock file, or say who holds it. A lock left by a dead process on this host is
     reported and taken over; one from another host is refused (we cannot tell whether it is alive)."""
-    lock, me = run_dir / LOCK, {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            pid, host = _owner(lock)
-            if host != me["host"]:
-                raise ReproError(f"{run_dir} is locked by pid {pid} on {host}: wait for that run to end, or if "
-                                 f"it is gone delete {lock}; resume=never starts a new run beside it") from None
-            if _held(lock):
-                raise ReproError(f"{run_dir} is in use by pid {pid} on this host: wait for it to end, or pass "
-                                 f"resume=never to start a new run beside it") from None
-            log.warning("%s: stale lock of pid %d (no longer running) removed", run_dir, pid)
-            lock.unlink(missing_ok=True)
-            continue
-        except OSError as e:
-            raise ReproError(f"cannot write {lock} ({e.strerror}): make {run_dir} writable") from e
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        return lock
+    lock, host = run_dir / LOCK, socket.gethostname()
+    mine = run_dir / f".{LOCK}.{os.getpid()}.tmp"
+    try:
+        mine.write_text(json.dumps({"pid": os.getpid(), "host": host}))
+        for _ in range(2):
+            try:
+                os.link(mine, lock)  # atomic: the lock appears whole, with its owner, or not at all
+                return lock
+            except FileExistsError:
+                pid, owner_host = _owner(lock)
+                if owner_host != host:
+                    raise ReproError(f"{run_dir} is locked by pid {pid} on {owner_host}: wait for that run to end, "
+                                     f"or if it is gone delete {lock}; resume=never starts a new run beside it") from None
+                if _held(lock):
+                    raise ReproError(f"{run_dir} is in use by pid {pid} on this host: wait for it to end (if pid {pid} "
+                                     f"is no repro run, delete {lock}), or pass resume=never to start a new run "
+                                     f"beside it") from None
+                log.warning("%s: stale lock of pid %d (no longer running) removed", run_dir, pid)
+                lock.unlink(missing_ok=True)
+    except OSError as e:
+        raise ReproError(f"cannot write {lock} ({e.strerror}): make {run_dir} writable") from e
+    finally:
+        mine.unlink(missing_ok=True)
     raise ReproError(f"could not lock {run_dir}: another start took it at the same moment; try again")
 
 
