@@ -57,7 +57,8 @@ def _write_via_temporary(path: Path, write) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.is_dir() else 0.0
-        kept = "the previous version is intact" if path.exists() else "nothing was written"
+        kept = (f"the previous version ({path.stat().st_size / 2**20:.1f} MiB) is intact" if path.exists()
+                else "nothing was written")
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise ReproError(f"could not write {path} ({reason}; {free:.0f} MiB free there): {kept}; free space or "
                          f"make {path.parent} writable, then rerun the same command (resume=auto continues a run)") from e

@@ -248,7 +248,7 @@ def test_13_disk_full_while_checkpointing_loses_nothing(tmp_path, monkeypatch):
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(torch, "save", save)
-    with pytest.raises(ReproError, match="could not write .*ckpt.pt .*MiB free there.*previous version is intact"):
+    with pytest.raises(ReproError, match="could not write .*ckpt.pt .*MiB free there.*previous version .* MiB. is intact"):
         run(cfg)
     monkeypatch.setattr(torch, "save", real_save)
     d = the_run_dir(tmp_path)
