@@ -17,7 +17,6 @@ evaluates `dist.shard(N)`, so every test image is counted exactly once.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,8 +37,6 @@ from repro.crops import VIEWS, multi_crop
 from repro.data import DATASETS, Splits, load_splits
 from repro.errors import ReproError
 from repro.train import build_model
-
-log = logging.getLogger("repro.evaluate")
 
 BN_STATS = ("ema", "population")
 DEFAULT_POP_BATCHES = 100  # our choice: Alg. 2 says "many" mini-batches; 100 x 60 = 6,000 images for Fig. 1
@@ -210,21 +207,11 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
             raise ReproError(f"run directory {d} does not exist")
         cfg = read_config(d)
         ckpt = records.load_checkpoint(d)
-        finished = (d / "summary.json").exists()
-        if ckpt is None:
-            why = "see its summary.json" if finished else "it stopped before its first checkpoint"
-            raise ReproError(f"{d} has no ckpt.pt ({why}): resume it with resume=auto, or leave it out")
-        if not Path(cfg.data.root).is_absolute():  # runs before issue 11 recorded data.root as given
-            log.warning("%s records a relative data.root=%s: it is looked up from %s", d, cfg.data.root, Path.cwd())
         key = repr(asdict(cfg.data))
-        if key not in cache:
+        if ckpt is not None and key not in cache:
             cache[key] = load_data(cfg.data)
+        resume.check_evaluable(d, ckpt, cfg, cache.get(key))
         data = cache[key]
-        resume.check_checkpoint(ckpt, d / "ckpt.pt", cfg, data.describe(),
-                                fix="evaluate the run with the data and files it was trained with")
-        if not finished:
-            log.warning("%s is unfinished (checkpoint at step %d of %d): scored as it stands", d, ckpt["step"],
-                        cfg.train.steps)
         model = build_model(cfg.model, data.in_chans, data.num_classes, data.image_size)
         try:
             model.load_state_dict(ckpt["model"])

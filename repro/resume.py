@@ -18,7 +18,7 @@ from repro import records
 from repro.config import Config
 from repro.errors import ReproError
 
-log = logging.getLogger("repro.train")
+log = logging.getLogger("repro.resume")
 
 CHECKPOINT_KEYS = ("model", "optimizer", "data", "rng", "step", "wall", "wandb_id")
 DATA_IDENTITY = ("dataset", "source", "n_train", "n_test", "image_shape", "checksum")
@@ -61,6 +61,22 @@ def check_checkpoint(ckpt, path: Path, cfg: Config, data: dict, fix: str = _NEW_
         fix = "restore the run's data, or pass resume=never to start over on this data" if fix == _NEW_RUN else fix
         raise ReproError(f"{path} was trained on other data than this start finds ({k}: {then[k]!r} then, "
                          f"{now[k]!r} now): {fix}")
+
+
+def check_evaluable(run_dir: Path, ckpt, cfg: Config, data) -> None:
+    """repro.evaluate: refuse a run without a checkpoint, or whose checkpoint is not its own or saw other
+    data than `data` (its config's data, loaded now); warn that an unfinished run is scored as it stands."""
+    finished = (run_dir / "summary.json").exists()
+    if ckpt is None:
+        why = "see its summary.json" if finished else "it stopped before its first checkpoint"
+        raise ReproError(f"{run_dir} has no ckpt.pt ({why}): resume it with resume=auto, or leave it out")
+    if not Path(cfg.data.root).is_absolute():  # runs before issue 11 recorded data.root as given
+        log.warning("%s records a relative data.root=%s: it is looked up from %s", run_dir, cfg.data.root, Path.cwd())
+    check_checkpoint(ckpt, run_dir / "ckpt.pt", cfg, data.describe(),
+                     fix="evaluate the run with the data and files it was trained with")
+    if not finished:
+        log.warning("%s is unfinished (checkpoint at step %d of %d): scored as it stands", run_dir, ckpt["step"],
+                    cfg.train.steps)
 
 
 # ----------------------------------------------------------------------------------------------

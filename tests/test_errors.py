@@ -315,7 +315,7 @@ def test_resume_skips_a_later_directory_without_checkpoint_and_says_so(tmp_path,
     orphan = first.with_name(first.name + ".2")
     orphan.mkdir()  # a later start killed before its first checkpoint
     (first / ".ckpt.pt.x1y2.tmp").write_bytes(b"half")  # left by a kill inside a checkpoint write
-    with caplog.at_level("WARNING", logger="repro.train"):
+    with caplog.at_level("WARNING", logger="repro.resume"):
         summary = run(cfg)
     assert summary["run_dir"] == str(first) and f"{orphan} was left by a run stopped before" in caplog.text
     assert not list(first.glob(".*.tmp"))
@@ -329,7 +329,7 @@ def test_evaluate_warns_about_an_unfinished_run_and_records_its_step(tmp_path, c
     cfg = compose_config([*SHORT, f"runs_dir={tmp_path}"])
     run_killed_after(cfg, 70)
     d = the_run_dir(tmp_path)
-    with caplog.at_level("WARNING", logger="repro.evaluate"):
+    with caplog.at_level("WARNING", logger="repro.resume"):
         result = evaluate_runs([d], limit=50)
     assert "unfinished (checkpoint at step 50 of 100)" in caplog.text
     assert result["per_model"][0]["step"] == 50 and result["per_model"][0]["steps"] == 100
