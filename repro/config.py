@@ -46,6 +46,7 @@ class DataConfig:
     distort: float = 0.0  # photometric distortion strength (brightness/contrast[/saturation/hue])
     image_size: int = 224  # crop size for folder datasets
     workers: int = 8  # DataLoader workers for folder datasets
+    skip_corrupt: bool = False  # folder datasets: replace an undecodable training image by the next one (logged)
 
 
 @dataclass
@@ -147,8 +148,11 @@ def register_configs() -> None:
 
 
 def to_config(cfg: Any) -> Config:
-    """Convert a composed DictConfig into the typed `Config` (resolving interpolations)."""
-    return OmegaConf.to_object(cfg) if not isinstance(cfg, Config) else cfg
+    """Convert a composed DictConfig into the typed `Config` (resolving interpolations), then check
+    every value and record its paths absolute (repro.validate): a ReproError if any is invalid."""
+    from repro import validate  # validate reads the dataset and loader tables, which import this module
+
+    return validate.check(OmegaConf.to_object(cfg) if not isinstance(cfg, Config) else cfg)
 
 
 def compose(overrides: list[str]) -> Config:

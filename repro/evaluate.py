@@ -30,7 +30,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 from tqdm import tqdm
 
-from repro import dist, loaders, records
+from repro import dist, loaders, records, resume
 from repro.bnstats import bn_audit, buffers_identical_across_ranks, population_statistics
 from repro.config import Config, DataConfig
 from repro.crops import VIEWS, multi_crop
@@ -134,10 +134,10 @@ class FolderData:
         self.labels = torch.as_tensor(self.val.targets)
         self.num_classes, self.in_chans, self.image_size = len(self.val.classes), 3, cfg.image_size
         self.n_train = len(self.train)
+        self._describe = loaders.folder_describe(cfg, self.train, self.val)
 
     def describe(self) -> dict:
-        return {"dataset": self.cfg.name, "source": f"{type(self.val).__name__} at {self.cfg.root}",
-                "n_test": len(self.val), "image_shape": [3, self.image_size, self.image_size]}
+        return self._describe
 
     def same_test_set(self, other) -> bool:
         return (isinstance(other, FolderData) and self.cfg.name == other.cfg.name
@@ -174,6 +174,7 @@ class Run:
     cfg: Config
     data: TensorData | FolderData
     model: nn.Module
+    step: int  # the training step its checkpoint holds (train.steps unless unfinished)
 
 
 def read_config(run_dir: Path) -> Config:
@@ -191,7 +192,8 @@ def read_config(run_dir: Path) -> Config:
 
 def _test_set(data) -> str:
     d = data.describe()
-    return f"{d['dataset']}, {data.num_classes} classes, {len(data.labels)} images"
+    binarized = ", binarized" if d.get("binarized") else ""
+    return f"{d['dataset']} from {d['source']}, {len(data.labels)} images{binarized}, checksum {d['checksum'][:8]}"
 
 
 def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
@@ -205,12 +207,10 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
             raise ReproError(f"run directory {d} does not exist")
         cfg = read_config(d)
         ckpt = records.load_checkpoint(d)
-        if ckpt is None:
-            raise ReproError(f"{d} has no ckpt.pt: the run did not finish (see its summary.json); "
-                             f"resume it with resume=auto, or leave it out")
         key = repr(asdict(cfg.data))
-        if key not in cache:
+        if ckpt is not None and key not in cache:
             cache[key] = load_data(cfg.data)
+        resume.check_evaluable(d, ckpt, cfg, cache.get(key))
         data = cache[key]
         model = build_model(cfg.model, data.in_chans, data.num_classes, data.image_size)
         try:
@@ -218,7 +218,7 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
         except RuntimeError as e:
             raise ReproError(f"{d}/ckpt.pt does not fit the model its config.yaml builds "
                              f"({cfg.model.name}): {str(e).splitlines()[0]}") from e
-        runs.append(Run(d, cfg, data, model.to(device).eval()))
+        runs.append(Run(d, cfg, data, model.to(device).eval(), ckpt["step"]))
     first = runs[0]
     for r in runs[1:]:
         if r.data is not first.data and not first.data.same_test_set(r.data):
@@ -265,6 +265,10 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
         raise ReproError(f"--bn-stats {bn_stats!r} is not one of {BN_STATS}")
     if bn_stats == "population" and pop_batches < 1:
         raise ReproError("--pop-batches must be at least 1 for population statistics")
+    if limit is not None and limit < 1:
+        raise ReproError(f"--limit {limit}: give a number of test images >= 1, or leave --limit out for all")
+    if batch_size < 1:
+        raise ReproError(f"--batch-size {batch_size}: give a number of views >= 1")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -326,8 +330,8 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
     def errors(c: torch.Tensor) -> dict:
         return {"top1_error": 100.0 * (1 - c[0].item() / n), "top5_error": 100.0 * (1 - c[1].item() / n)}
 
-    per_model = [{"run_dir": str(r.run_dir), "experiment": r.cfg.experiment, "seed": r.cfg.seed,
-                  **errors(c)} for r, c in zip(runs, counts[:-1], strict=True)]
+    per_model = [{"run_dir": str(r.run_dir), "experiment": r.cfg.experiment, "seed": r.cfg.seed, "step": r.step,
+                  "steps": r.cfg.train.steps, **errors(c)} for r, c in zip(runs, counts[:-1], strict=True)]
     for row, audit in zip(per_model, audits, strict=False):
         row["bn_audit"] = audit
     return {

@@ -13,6 +13,9 @@ within-shard shuffling.
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import multiprocessing
 from pathlib import Path
 
 import torch
@@ -22,6 +25,8 @@ from torch.utils.data import DataLoader, Sampler
 from repro import dist
 from repro.config import DataConfig
 from repro.errors import DataError, ReproError
+
+log = logging.getLogger("repro.data")
 
 # ----------------------------------------------------------------------------------------------
 # In-memory stream
@@ -73,8 +78,6 @@ class InMemoryStream:
         if self.n == 0:
             raise ReproError(f"train.batch_size={batch_size} x {self.world} replicas exceeds the {len(y)} "
                              f"training images: lower train.batch_size")
-        if cfg.shuffle not in ("full", "fixed_batches"):
-            raise ReproError(f"data.shuffle={cfg.shuffle!r} is not valid: use full or fixed_batches")
         self.gen = torch.Generator().manual_seed(seed)
         self.aug_gen = torch.Generator().manual_seed(seed + 1_000_003)
         self._batches = torch.randperm(len(y), generator=self.gen)[: self.n].view(-1, self.batch)
@@ -115,28 +118,8 @@ class InMemoryStream:
 # Image-folder stream (ImageNet, CIFAR-10)
 
 
-class SeededSamples(torch.utils.data.Dataset):
-    """A map-style dataset whose random transform draws from a seed of its own for every sample.
-
-    The sampler hands out keys `epoch * n + index`; sample `index` of pass `epoch` is transformed
-    under the seed (run seed, key), so its augmentation does not depend on which worker loads it,
-    how many workers there are, or whether the run was resumed in between.
-    """
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed, self.n = dataset, seed, len(dataset)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, key: int):
-        with torch.random.fork_rng(devices=[]):  # leave the caller's generator as it was (workers=0)
-            torch.manual_seed(self.seed << 40 | key)
-            return self.dataset[key % self.n]
-
-
 class ResumableSampler(Sampler[int]):
-    """Each rank's keys (epoch * n + index) of a seeded per-epoch permutation, from a saved position."""
+    """Each rank's indices of a seeded per-epoch permutation, starting at a saved position."""
 
     def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True):
         self.n, self.batch, self.seed, self.shuffle = n, batch_size, seed, shuffle
@@ -145,20 +128,54 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.start = 0, 0
 
     def __iter__(self):
+        """(epoch, index) keys: `SeededItems` seeds each image's augmentation from them."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         mine = perm[self.rank::self.world][: self.per_rank]
-        return iter((mine[self.start:] + self.epoch * self.n).tolist())
+        return ((self.epoch, i) for i in mine[self.start:].tolist())
 
     def __len__(self) -> int:
         return self.per_rank - self.start
 
 
+class SeededItems(torch.utils.data.Dataset):
+    """Training items by (epoch, index) key, each augmented under its own seed (run seed, epoch, index):
+    a resumed run draws the crops an unbroken one drew, whichever worker decodes the image and however
+    many workers there are. A corrupt image is a DataError naming the file, or, with
+    data.skip_corrupt, replaced by the next readable image and counted (`skipped`)."""
+
+    def __init__(self, dataset, seed: int, skip_corrupt: bool):
+        self.dataset, self.seed, self.skip_corrupt = dataset, seed, skip_corrupt
+        self.skipped = multiprocessing.Value("i", 0)  # shared with DataLoader workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        key = f"{self.seed},{epoch},{index}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+        with torch.random.fork_rng(devices=[]):  # the main process's RNG (dropout) is left as it was
+            torch.manual_seed(seed)
+            for i in range(index, index + len(self)):
+                try:
+                    return self.dataset[i % len(self)]
+                except CorruptImage as e:
+                    if not self.skip_corrupt:
+                        raise
+                    with self.skipped.get_lock():
+                        self.skipped.value += 1
+                    log.warning("skipped (data.skip_corrupt=true): %s", e.path)
+        raise DataError("no training image could be read (data.skip_corrupt=true skipped them all)")
+
+
 class LoaderStream:
     """Batches from a DataLoader with workers and pinned memory; position = (epoch, batch)."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, workers: int, device: torch.device):
-        self.dataset, self.batch, self.device, self.workers = SeededSamples(dataset, seed), batch_size, device, workers
+    def __init__(self, dataset, batch_size: int, seed: int, workers: int, device: torch.device,
+                 skip_corrupt: bool = False):
+        self.batch, self.device, self.workers, self.seed = batch_size, device, workers, seed
+        self.dataset = SeededItems(dataset, seed, skip_corrupt)
         self.sampler = ResumableSampler(len(dataset), batch_size, seed)
         if self.sampler.per_rank == 0:
             raise ReproError(f"train.batch_size={batch_size} exceeds this rank's share of {len(dataset)} images")
@@ -167,7 +184,8 @@ class LoaderStream:
     def _loader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.batch, sampler=self.sampler, num_workers=self.workers,
                           pin_memory=self.device.type == "cuda", drop_last=True,
-                          persistent_workers=False, prefetch_factor=4 if self.workers else None)
+                          persistent_workers=False, prefetch_factor=4 if self.workers else None,
+                          generator=torch.Generator().manual_seed(self.seed))  # not the global RNG
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._it is None:
@@ -190,6 +208,47 @@ class LoaderStream:
 
 
 FOLDER_DATASETS = ("imagenet", "cifar10")
+
+
+class CorruptImage(DataError):
+    """An image file that does not decode."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path
+
+
+def open_image(path: str):
+    """torchvision's PIL loader, with a corrupt or truncated file named instead of PIL's traceback."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")  # convert decodes the whole file: truncation shows here
+    except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
+        raise CorruptImage(f"{path} is not a readable image ({type(e).__name__}: {e}): replace or delete it "
+                           f"(a training image may be skipped with data.skip_corrupt=true)", path) from e
+
+
+def _checksum(dataset) -> str:
+    """sha1 of what names a folder dataset's items: relative paths and labels (ImageFolder), or its
+    arrays (CIFAR-10). Image bytes are not read: that would mean reading ImageNet at every start."""
+    h = hashlib.sha1()
+    if hasattr(dataset, "samples"):
+        root = Path(dataset.root)
+        for path, label in dataset.samples:
+            h.update(f"{Path(path).relative_to(root)}\t{label}\n".encode())
+    else:
+        h.update(dataset.data.tobytes())
+        h.update(bytes(str(list(dataset.targets)), "ascii"))
+    return h.hexdigest()
+
+
+def folder_describe(cfg: DataConfig, train, val) -> dict:
+    """What a run records about a folder dataset; source, counts and checksum are its identity."""
+    return {"dataset": cfg.name, "source": f"{type(train).__name__} at {cfg.root}", "n_train": len(train),
+            "n_test": len(val), "image_shape": [3, cfg.image_size, cfg.image_size],
+            "checksum": _checksum(train) + _checksum(val)[:8]}
 
 
 def folder_transforms(cfg: DataConfig):
@@ -220,7 +279,12 @@ def folder_datasets(cfg: DataConfig, train_t=None, val_t=None):
         if not (root / "train").is_dir() or not (root / "val").is_dir():
             raise DataError(f"ImageNet not found: expected {root}/train and {root}/val class folders "
                             f"(ILSVRC2012); set data.root=DIR")
-        train, val = datasets.ImageFolder(root / "train", train_t), datasets.ImageFolder(root / "val", val_t)
+        try:
+            train = datasets.ImageFolder(root / "train", train_t, loader=open_image)
+            val = datasets.ImageFolder(root / "val", val_t, loader=open_image)
+        except FileNotFoundError as e:  # no class folders, or a class folder without images
+            raise DataError(f"{e} (data.root={root}): every class folder of train/ and val/ needs at least "
+                            f"one image") from e
         if train.classes != val.classes:  # ImageFolder numbers the classes of each folder separately
             missing = sorted(set(train.classes) ^ set(val.classes))
             raise DataError(f"{root}/train and {root}/val have different class folders ({len(train.classes)} vs "
@@ -273,6 +337,6 @@ def tensor_eval_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int):
 def loader_eval_batches(dataset, batch_size: int, workers: int, device: torch.device):
     """This rank's share of a folder dataset: indices rank, rank + world, ... (no padding)."""
     loader = DataLoader(torch.utils.data.Subset(dataset, list(dist.shard(len(dataset)))), batch_size=batch_size,
-                        num_workers=workers, pin_memory=device.type == "cuda")
+                        num_workers=workers, pin_memory=device.type == "cuda", generator=torch.Generator())
     for x, y in loader:
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)

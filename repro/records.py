@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,14 +36,42 @@ _NOT_IDENTITY_TRAIN = ("device", "threads")
 # Atomic writes: a crash leaves the old file or the new one, never half of one.
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_via_temporary(path: Path, write) -> None:
+    """`write(tmp)` into a temporary beside `path`, then rename it over `path`. The file gets the
+    umask's permissions (mkstemp's 0600 would hide runs from others on a shared cluster); a failure
+    (a full disk, a read-only folder) removes the temporary and is one ReproError naming the file."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.is_dir() else 0.0
+        kept = (f"the previous version ({path.stat().st_size / 2**20:.1f} MiB) is intact" if path.exists()
+                else "nothing was written")
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise ReproError(f"could not write {path} ({reason}; {free:.0f} MiB free there): {kept}; free space or "
+                         f"make {path.parent} writable, then rerun the same command (resume=auto continues a run)") from e
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    _write_via_temporary(Path(path), write)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -86,16 +115,18 @@ def _dir_candidates(cfg: Config) -> list[Path]:
     return [base] + [base.with_name(f"{base.name}.{i}") for i in range(2, 1000)]
 
 
+def existing_run_dirs(cfg: Config) -> list[Path]:
+    """The directories runs of this exact config made, oldest name first."""
+    return [p for p in _dir_candidates(cfg) if p.exists()]
+
+
 def find_resumable(cfg: Config) -> Path | None:
-    """With resume=auto: the latest run of the identical config that left a checkpoint or finished."""
-    if cfg.resume not in ("auto", "never"):
-        raise ReproError(f"resume={cfg.resume!r} is not valid: use resume=auto or resume=never")
-    existing = [p for p in _dir_candidates(cfg) if p.exists()]
-    if cfg.resume == "auto" and existing:
-        last = existing[-1]
-        if (last / "summary.json").exists() or (last / "ckpt.pt").exists():
-            return last
-    return None
+    """With resume=auto: the latest run of the identical config that left a checkpoint or finished
+    (a later directory a run left before its first checkpoint has nothing to resume)."""
+    if cfg.resume != "auto":
+        return None
+    done = [p for p in existing_run_dirs(cfg) if (p / "summary.json").exists() or (p / "ckpt.pt").exists()]
+    return done[-1] if done else None
 
 
 def new_run_dir(cfg: Config) -> Path:
@@ -106,6 +137,9 @@ def new_run_dir(cfg: Config) -> Path:
             return p
         except FileExistsError:
             continue
+        except OSError as e:  # read-only file system, no permission, a file in the way
+            raise ReproError(f"cannot create the run directory {p} ({e.strerror}): set runs_dir=DIR to a "
+                             f"writable folder") from e
     raise ReproError(f"more than 999 runs named {run_name(cfg)}: clean up {cfg.runs_dir}")
 
 
@@ -192,11 +226,13 @@ def _init_wandb(run_dir: Path, cfg: Config, wandb_id: str | None):
     w = cfg.logger.wandb
     if w.mode == "disabled":
         return None
-    if w.mode not in ("offline", "online"):
-        raise ReproError(f"logger.wandb.mode={w.mode!r} is not valid: use offline, online or disabled")
     import wandb
 
-    Path(w.dir).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(w.dir).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReproError(f"cannot create logger.wandb.dir={w.dir} ({e.strerror}): set it to a writable folder, "
+                         f"or logger.wandb.mode=disabled") from e
     run = wandb.init(
         project=w.project, entity=w.entity, mode=w.mode, dir=w.dir, group=cfg.experiment,
         name=run_dir.name, job_type=cfg.scale.name, config=config_dict(cfg),
@@ -213,10 +249,7 @@ def _init_wandb(run_dir: Path, cfg: Config, wandb_id: str | None):
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".ckpt.", suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, run_dir / "ckpt.pt")
+    _write_via_temporary(run_dir / "ckpt.pt", lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(run_dir: Path) -> dict | None:

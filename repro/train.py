@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,10 +31,10 @@ from torch import nn
 from tqdm import tqdm
 
 import repro.models  # noqa: F401  (registers the paper's networks with timm)
-from repro import dist, loaders, records
+from repro import dist, loaders, records, resume, validate
 from repro.config import CONF_DIR, Config, ModelConfig, register_configs, to_config
 from repro.data import DATASETS, load_splits
-from repro.errors import ReproError
+from repro.errors import ReproError, failed
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
 
 log = logging.getLogger("repro.train")
@@ -70,13 +71,12 @@ class Data:
             self.n_test, self.in_chans, self.img_size = len(self.y_test), shape[1], shape[-1]
         else:
             train, val = loaders.folder_datasets(d)
-            self.stream = loaders.LoaderStream(train, t.batch_size, cfg.seed, d.workers, device)
+            self.stream = loaders.LoaderStream(train, t.batch_size, cfg.seed, d.workers, device, d.skip_corrupt)
             self.eval_batches = lambda: loaders.loader_eval_batches(val, t.eval_batch_size, d.workers, device)
             self.probe_x = None
             self.n_test, self.num_classes = len(val), len(train.classes)
             self.in_chans, self.img_size = 3, d.image_size
-            self.describe = {"dataset": d.name, "source": f"{type(train).__name__} at {d.root}",
-                             "n_train": len(train), "n_test": len(val), "image_shape": [3, d.image_size, d.image_size]}
+            self.describe = loaders.folder_describe(d, train, val)
         log.info("data: %s, %d train / %d test images", self.describe["source"], self.describe["n_train"],
                  self.describe["n_test"])
 
@@ -125,9 +125,16 @@ def _set_rng_state(s: dict) -> None:
 
 def _claim_run_dir(cfg: Config) -> tuple[Path | None, bool]:
     """Rank 0 finds the run to resume (if any) and tells the others: (dir or None, finished)."""
-    found = records.find_resumable(cfg) if dist.is_main() else None
+    found = None
+    if dist.is_main():
+        resume.note_orphans(cfg)
+        found = records.find_resumable(cfg)
     finished = bool(found and (found / "summary.json").exists())
     return dist.broadcast_object((found, finished))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGINT during training; the message says where the last checkpoint is."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,16 +143,32 @@ def _claim_run_dir(cfg: Config) -> tuple[Path | None, bool]:
 
 def run(cfg: Config) -> dict:
     """Train one network as `cfg` says, write its run directory (rank 0), return its summary."""
-    t_cfg = cfg.train
-    if min(t_cfg.steps, t_cfg.batch_size, t_cfg.eval_every, t_cfg.log_every) <= 0:
-        raise ReproError("train.steps, batch_size, eval_every and log_every must be positive")
-    if t_cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ReproError(f"train.device={t_cfg.device} but no CUDA GPU is visible: use train.device=cpu")
-    device = dist.setup(t_cfg.device)
+    validate.check(cfg)
+    if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ReproError(f"train.device={cfg.train.device} but no CUDA GPU is visible: use train.device=cpu")
+    device = dist.setup(cfg.train.device)
     run_dir, finished = _claim_run_dir(cfg)
     if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
+    held = {"lock": None, "made": None}  # rank 0: the lock file it holds, the directory it created
+    try:
+        if run_dir is not None and dist.is_main():
+            held["lock"] = resume.acquire(run_dir)
+            resume.remove_stale_temporaries(run_dir)
+        return _train(cfg, device, run_dir, held)
+    except ReproError:
+        made = held["made"]
+        if made is not None and not (made / "ckpt.pt").exists():  # a failed start leaves nothing behind
+            log.info("removing %s: the run stopped before its first checkpoint", made)
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    finally:
+        resume.release(held["lock"])
+
+
+def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) -> dict:
+    t_cfg = cfg.train
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed + dist.rank())  # dropout differs per replica; data order does not
@@ -171,11 +194,22 @@ def run(cfg: Config) -> dict:
     probe = SigmoidProbe(net, data.probe_x, t_cfg.probe_units) if t_cfg.probe_every and data.probe_x is not None else None
 
     start, wall0, wandb_id, resumes = 0, 0.0, None, []
+    losses = torch.zeros(t_cfg.log_every, device=device)  # per-step losses, read once per window
     ckpt = records.load_checkpoint(run_dir) if run_dir is not None else None
     if ckpt is not None:
-        net.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        data.stream.load_state_dict(ckpt["data"])
+        path = run_dir / "ckpt.pt"
+        resume.check_checkpoint(ckpt, path, cfg, data.describe)
+        try:
+            net.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            data.stream.load_state_dict(ckpt["data"])
+            if "losses" in ckpt:  # each rank's loss window so far, when the checkpoint fell between log steps
+                mine = ckpt["losses"]
+                losses.copy_(mine[dist.rank()] if len(mine) == dist.world_size() else mine[0])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise ReproError(f"{path} does not fit this run's network or optimizer ({type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0][:200]}): move it away, or pass resume=never to start a "
+                             f"new run beside it") from e
         rngs = ckpt["rng"]
         _set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
         start, wall0, wandb_id = ckpt["step"], ckpt["wall"], ckpt["wandb_id"]
@@ -188,19 +222,26 @@ def run(cfg: Config) -> dict:
 
     metrics = None
     if dist.is_main():
-        run_dir = run_dir or records.new_run_dir(cfg)  # only now: a run that fails to start leaves nothing
+        if run_dir is None:  # only now: a run that fails to start leaves nothing
+            run_dir = held["made"] = records.new_run_dir(cfg)
+            held["lock"] = resume.acquire(run_dir)
         env = records.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
         records.write_run_header(run_dir, cfg, env)
         metrics = records.MetricsLog(run_dir, cfg, start if ckpt else None, wandb_id)
     run_dir = dist.broadcast_object(run_dir)
 
+    saved = {"step": start if ckpt else None}
+
     def checkpoint(step: int) -> None:
         rngs = dist.all_gather_objects(_rng_state())  # every rank's, for an exact resume
+        windows = dist.all_gather_objects(losses.cpu())
         if dist.is_main():
             records.save_checkpoint(run_dir, {
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "data": data.stream.state_dict(),
                 "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": metrics.wandb_id,
+                "losses": windows, "identity": resume.run_identity(cfg), "data_identity": data.describe,
                 "resumes": resumes})
+        saved["step"] = step
 
     def observe(step: int, loss: float | None) -> dict:
         rec = {"step": step, "lr": lr_at(step, cfg.optim), "wall": round(wall0 + time.perf_counter() - t0, 3)}
@@ -220,36 +261,44 @@ def run(cfg: Config) -> dict:
     if start == 0:
         observe(0, None)
     constant_lr = cfg.optim.schedule == "constant"
-    losses = torch.zeros(t_cfg.log_every, device=device)  # per-step losses, read once per window
     bar = tqdm(total=t_cfg.steps, initial=start, desc=run_dir.name, unit="step", dynamic_ncols=True,
                disable=not dist.is_main() or (None if cfg.logger.progress == "auto" else cfg.logger.progress == "off"))
     status, diverged_at = "complete", None
     model.train()
-    for step in range(start, t_cfg.steps):
-        if not constant_lr:
-            set_lr(optimizer, lr_at(step, cfg.optim))
-        x, y = data.stream.next()
-        if t_cfg.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            loss = F.cross_entropy(step_model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses[step % t_cfg.log_every] = loss.detach()
-        done = step + 1
-        if done % t_cfg.log_every and done % t_cfg.eval_every and done != t_cfg.steps:
-            continue  # nothing to record: no sync, no Python beyond the step itself
-        window = dist.all_reduce_sum(losses[: (done - 1) % t_cfg.log_every + 1].clone()).cpu() / dist.world_size()
-        if not torch.isfinite(window).all():  # the paper's "machine infinity" (§4.2.2, x5 without BN)
-            first_bad = int((~torch.isfinite(window)).nonzero()[0]) + 1
-            status, diverged_at = "diverged", done - len(window) + first_bad
-            break
-        last = observe(done, window.mean().item())
-        bar.update(done - bar.n)
-        bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last.get('test_acc', float('nan')):.4f}", refresh=False)
-        if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done != t_cfg.steps:
-            checkpoint(done)
+    step = start
+    try:
+        for step in range(start, t_cfg.steps):
+            if not constant_lr:
+                set_lr(optimizer, lr_at(step, cfg.optim))
+            x, y = data.stream.next()
+            if t_cfg.channels_last and x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                loss = F.cross_entropy(step_model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[step % t_cfg.log_every] = loss.detach()
+            done = step + 1
+            # Most steps record nothing: no sync, no Python beyond the step itself.
+            if not (done % t_cfg.log_every and done % t_cfg.eval_every and done != t_cfg.steps):
+                window = dist.all_reduce_sum(losses[: (done - 1) % t_cfg.log_every + 1].clone()).cpu() / dist.world_size()
+                if not torch.isfinite(window).all():  # the paper's "machine infinity" (§4.2.2, x5 without BN)
+                    first_bad = int((~torch.isfinite(window)).nonzero()[0]) + 1
+                    status, diverged_at = "diverged", done - len(window) + first_bad
+                    break
+                last = observe(done, window.mean().item())
+                bar.update(done - bar.n)
+                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last.get('test_acc', float('nan')):.4f}",
+                                refresh=False)
+            if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done != t_cfg.steps:
+                checkpoint(done)  # on its own schedule, logging step or not (the loss window is saved too)
+    except KeyboardInterrupt:
+        where = (f"{run_dir / 'ckpt.pt'} holds step {saved['step']}: rerun the same command with resume=auto to "
+                 f"continue from it" if saved["step"] is not None else
+                 f"no checkpoint was saved yet (train.checkpoint_every={t_cfg.checkpoint_every}), so a rerun "
+                 f"starts over; {run_dir} can be deleted")
+        raise Interrupted(f"interrupted at step {step}; {where}") from None
     bar.close()
     if status == "complete":
         checkpoint(t_cfg.steps)
@@ -267,6 +316,8 @@ def run(cfg: Config) -> dict:
             "world_size": dist.world_size(), "global_batch": t_cfg.batch_size * dist.world_size(),
             "wall_s": round(wall, 2), "data": data.describe, "resumed_from": resumes,
         }
+        if isinstance(data.stream, loaders.LoaderStream) and data.stream.dataset.skipped.value:
+            summary["skipped_corrupt"] = data.stream.dataset.skipped.value  # data.skip_corrupt=true
         records.write_json(run_dir / "summary.json", summary)
         metrics.close(summary)
         log.info("%s: %s, test accuracy %s after %d steps (%.1f s)", run_dir.name, status,
@@ -282,17 +333,26 @@ register_configs()
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
+    cfg = None
     try:
-        summary = run(to_config(dcfg))
+        cfg = to_config(dcfg)
+        summary = run(cfg)
     except ReproError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return failed(str(e), 2)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line saying where the last checkpoint is, then stop (a sweep too)
+        print(f"error: {e or 'interrupted; resume=auto continues from the last checkpoint, if one was saved'}", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # a bug: the traceback, but a sweep still runs its other jobs
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job failed")
+        return failed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1)
     finally:
         dist.teardown()
     if summary["status"] == "diverged":
+        fix = "lower optim.lr" if cfg.model.norm != "none" else "lower optim.lr or add BN (model.norm=bn)"
         msg = (f"error: loss became NaN/inf at step {summary['diverged_at']} ({summary['experiment']}, "
-               f"lr {summary['lr_peak']}): the run diverged; lower optim.lr or use BN. "
-               f"Its files are kept in {summary['run_dir']}")
+               f"lr {summary['lr_peak']}): the run diverged; {fix}. Its files are kept in {summary['run_dir']}")
         print(msg, file=sys.stderr)
         if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep records divergence and goes on
             sys.exit(3)

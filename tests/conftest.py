@@ -47,22 +47,24 @@ def make_image_folder(root: Path, train: int = 12, val: int = 5, square_val: int
     return root
 
 
-def run_killed_after(cfg: Config, batches: int, stream: str = "InMemoryStream") -> None:
-    """Run `cfg` and kill it (KeyboardInterrupt) when it asks for batch number `batches` + 1 of its
-    `stream` (repro.loaders.InMemoryStream, or LoaderStream for folder datasets)."""
-    from repro import loaders
+def run_killed_after(cfg: Config, batches: int) -> None:
+    """Run `cfg` and kill it (KeyboardInterrupt) when it asks for batch number `batches` + 1."""
+    from repro.loaders import InMemoryStream, LoaderStream
     from repro.train import run
 
-    stream_cls = getattr(loaders, stream)
-    original, calls = stream_cls.next, {"n": 0}
+    calls = {"n": 0}
 
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] > batches:
-            raise KeyboardInterrupt
-        return original(self)
+    def dying(original):
+        def next_batch(self):
+            calls["n"] += 1
+            if calls["n"] > batches:
+                raise KeyboardInterrupt
+            return original(self)
+
+        return next_batch
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(stream_cls, "next", dying)
+        for stream in (InMemoryStream, LoaderStream):
+            mp.setattr(stream, "next", dying(stream.next))
         with pytest.raises(KeyboardInterrupt):
             run(cfg)

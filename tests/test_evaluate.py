@@ -102,13 +102,19 @@ def test_bad_inputs_are_one_line_errors(smoke_run, tmp_path, capsys):
     (unfinished / "ckpt.pt").unlink()
     with pytest.raises(ReproError, match="has no ckpt.pt"):
         evaluate_runs([smoke_run, unfinished])
-    other = tmp_path / "other"
-    shutil.copytree(smoke_run, other)
-    cfg = yaml.safe_load((other / "config.yaml").read_text())
-    cfg["data"]["limit_test"] = 400
-    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ReproError, match="different test sets"):
+    other = Path(run(compose_config(["experiment=fig1_bn", "scale=smoke", f"runs_dir={tmp_path}", "train.steps=1",
+                                     "data.limit_test=400"]))["run_dir"])
+    with pytest.raises(ReproError, match="different test sets") as e:
         evaluate_runs([smoke_run, other])
+    first, second = str(e.value).split("(", 1)[1].split(" vs ")
+    assert first != second.split(")")[0]  # the two descriptions say what differs
+    edited = tmp_path / "edited"  # a config.yaml edited after training no longer matches its checkpoint
+    shutil.copytree(smoke_run, edited)
+    cfg = yaml.safe_load((edited / "config.yaml").read_text())
+    cfg["data"]["limit_test"] = 400
+    (edited / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ReproError, match="belongs to run"):
+        evaluate_runs([edited])
     assert main([str(tmp_path / "nope"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: run directory") and "\n" not in err

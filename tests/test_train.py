@@ -73,7 +73,7 @@ def test_folder_run_resumes_bit_identically(tmp_path, workers):
                  "train.checkpoint_every=4", "resume=auto"]
     full = run(compose_config([*overrides, f"runs_dir={tmp_path / 'a'}"]))
     cfg = compose_config([*overrides, f"runs_dir={tmp_path / 'b'}"])
-    run_killed_after(cfg, 5, stream="LoaderStream")
+    run_killed_after(cfg, 5)
     resumed = run(cfg)
     assert len(_metrics(full)) == 7 and _metrics(resumed) == _metrics(full)
     assert full["resumed_from"] == [] and resumed["resumed_from"] == [4]

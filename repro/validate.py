@@ -1,0 +1,169 @@
+"""Every value of a composed Config checked in one place, before anything is made on disk.
+
+The schema (repro.config) catches unknown keys and wrong types; this module catches the rest: values
+out of range, enum-like strings that are not one of their options, keys appended with Hydra's `+`
+(which the schema lets through), and relative paths, recorded absolute so that a run resolves to the
+same files from any working directory. `check(cfg)` runs at compose time (`to_config`) and again at
+the top of `repro.train.run`; either way a bad value is one ReproError naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+from repro.config import DataConfig
+from repro.data import DATASETS, SOURCES
+from repro.errors import ReproError
+from repro.loaders import FOLDER_DATASETS
+
+# ----------------------------------------------------------------------------------------------
+# The rules: (key, test, what a valid value is). A test gets the value and the whole Config.
+
+
+def _one_of(*options) -> tuple[Callable, str]:
+    return (lambda v, c: v in options), "one of " + ", ".join("null" if o is None else str(o) for o in options)
+
+
+def _at_least(lo) -> tuple[Callable, str]:
+    return (lambda v, c: v >= lo), f">= {lo}"
+
+
+def _above(lo) -> tuple[Callable, str]:
+    return (lambda v, c: v > lo), f"> {lo}"
+
+
+def _optional(test: tuple[Callable, str]) -> tuple[Callable, str]:
+    return (lambda v, c: v is None or test[0](v, c)), f"null or {test[1]}"
+
+
+_POSITIVE, _NON_NEGATIVE = _at_least(1), _at_least(0)
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
+    ("seed", _NON_NEGATIVE),
+    ("resume", _one_of("never", "auto")),
+    ("runs_dir", ((lambda v, c: bool(v)), "a directory")),
+    ("data.name", _one_of(*DATASETS, *FOLDER_DATASETS)),
+    ("data.source", _one_of(*SOURCES)),
+    ("data.shuffle", _one_of("full", "fixed_batches")),
+    ("data.binarize_threshold", ((lambda v, c: 0 <= v <= 1), "in [0, 1]")),
+    ("data.test_size", _POSITIVE),
+    ("data.limit_train", _optional(_POSITIVE)),
+    ("data.limit_test", _optional(_POSITIVE)),
+    ("data.translate", _NON_NEGATIVE),
+    ("data.zoom", _at_least(1.0)),
+    ("data.distort", _NON_NEGATIVE),
+    ("data.image_size", _at_least(8)),
+    ("data.workers", _NON_NEGATIVE),
+    ("model.norm", _one_of("bn", "none", "gn", "ln")),
+    ("model.act", _one_of("sigmoid", "relu")),
+    ("model.hidden", _optional(((lambda v, c: len(v) > 0 and min(v) >= 1), "a list of widths >= 1"))),
+    ("model.init_std", _optional(_above(0))),
+    ("model.drop_rate", _optional(((lambda v, c: 0 <= v < 1), "in [0, 1)"))),
+    ("model.conv1", _one_of(None, "separable", "plain")),
+    ("model.table", _one_of(None, "slim", "caffe")),
+    ("model.width", _optional(_above(0))),
+    ("model.init_scale", _optional(_above(0))),
+    ("model.per_activation_bn", _optional(_NON_NEGATIVE)),
+    ("model.bn_eps", _optional(_above(0))),
+    ("optim.name", _one_of("sgd", "adam")),
+    ("optim.lr", _above(0)),
+    ("optim.lr_mult", _above(0)),
+    ("optim.momentum", ((lambda v, c: 0 <= v < 1), "in [0, 1)")),
+    ("optim.nesterov", ((lambda v, c: not v or (c.optim.name == "sgd" and c.optim.momentum > 0)),
+                        "false unless optim.name=sgd with optim.momentum > 0 (Nesterov needs momentum)")),
+    ("optim.weight_decay", _NON_NEGATIVE),
+    ("optim.weight_decay_mult", _NON_NEGATIVE),
+    ("optim.schedule", _one_of("constant", "exponential")),
+    ("optim.decay_rate", ((lambda v, c: 0 < v <= 1), "in (0, 1]")),
+    ("optim.decay_steps", _POSITIVE),
+    ("optim.decay_speedup", _above(0)),
+    ("train.steps", _POSITIVE),
+    ("train.batch_size", _POSITIVE),
+    ("train.eval_every", _POSITIVE),
+    ("train.log_every", _POSITIVE),
+    ("train.eval_batch_size", _POSITIVE),
+    ("train.probe_every", _NON_NEGATIVE),
+    ("train.probe_units", _POSITIVE),
+    ("train.probe_batch", _POSITIVE),
+    ("train.checkpoint_every", _NON_NEGATIVE),
+    ("train.threads", _NON_NEGATIVE),
+    ("train.device", ((lambda v, c: bool(_DEVICE.fullmatch(v))), "auto, cpu, cuda or cuda:N")),
+    ("logger.wandb.mode", _one_of("offline", "online", "disabled")),
+    ("logger.progress", _one_of("auto", "on", "off")),
+    ("scale.images_per_gpu_s", _NON_NEGATIVE),
+)]
+
+# Paths recorded absolute, so `repro.evaluate` and a resume find the same files from anywhere.
+PATHS = ("runs_dir", "data.root", "data.debian_dir", "logger.wandb.dir")
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _set(cfg: Any, key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    for part in parents:
+        cfg = getattr(cfg, part)
+    setattr(cfg, last, value)
+
+
+def unknown_keys(obj: Any, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Keys set on a config dataclass that its schema does not declare (Hydra's `+key=value`),
+    each with the declared keys beside it."""
+    fields = [f.name for f in dataclasses.fields(obj)]
+    found = [(prefix + k, fields) for k in vars(obj) if k not in fields]
+    for name in fields:
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            found += unknown_keys(value, f"{prefix}{name}.")
+    return found
+
+
+def problems(cfg: Any) -> list[str]:
+    """Every rule `cfg` breaks, as `key=value: must be ...`."""
+    out = []
+    for key, fields in unknown_keys(cfg):
+        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], fields, n=1)
+        hint = f"did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{near[0]}?" if near else \
+            f"its keys are {', '.join(fields)}"
+        out.append(f"{key} is not a key of the schema (repro/config.py; {hint}); drop the `+` override")
+    for key, test, valid in RULES:
+        value = _get(cfg, key)
+        try:
+            ok = test(value, cfg)
+        except TypeError:  # e.g. None where a number belongs
+            ok = False
+        if not ok:
+            out.append(f"{key}={value!r} is not valid: it must be {valid}")
+    return out
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def check(cfg: Any) -> Any:
+    """Raise one ReproError listing every invalid value of `cfg`; record its paths absolute, and a given
+    data.root as the source it names (never silently replaced by another source). Returns cfg."""
+    found = problems(cfg)
+    if found:
+        raise ReproError("; ".join(found))
+    d = cfg.data
+    if d.source == "auto" and d.name in DATASETS and _absolute(d.root) != _absolute(DataConfig.root):
+        d.source = "torchvision"
+    for key in PATHS:
+        _set(cfg, key, _absolute(_get(cfg, key)))
+    return cfg
