@@ -36,6 +36,7 @@ from repro.config import Config, DataConfig
 from repro.crops import VIEWS, multi_crop
 from repro.data import DATASETS, Splits, load_splits
 from repro.errors import ReproError
+from repro.report.runs import recipe_problems
 from repro.train import build_model
 
 BN_STATS = ("ema", "population")
@@ -205,9 +206,9 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
             raise ReproError(f"run directory {d} does not exist")
         cfg = read_config(d)
         ckpt = records.load_checkpoint(d)
-        if ckpt is None:
-            raise ReproError(f"{d} has no ckpt.pt: the run did not finish (see its summary.json); "
-                             f"resume it with resume=auto, or leave it out")
+        if ckpt is None or not (d / "summary.json").exists():
+            raise ReproError(f"{d} has no {'ckpt.pt' if ckpt is None else 'summary.json'}: the run did not "
+                             f"finish; resume it with resume=auto, or leave it out")
         key = repr(asdict(cfg.data))
         if key not in cache:
             cache[key] = load_data(cfg.data)
@@ -368,6 +369,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: one GPU per rank)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N test images")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the result here")
+    p.add_argument("--any-settings", action="store_true",
+                   help="also evaluate runs whose settings depart from their experiment's recipe")
     return p.parse_args(argv)
 
 
@@ -377,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     device = dist.setup(args.device)
     main_rank = dist.is_main()  # asked before teardown, after which every process reads as rank 0
     try:
+        if not args.any_settings and (problems := recipe_problems(args.run_dirs)):
+            raise ReproError("; ".join(problems) + " (pass --any-settings to evaluate them anyway)")
         result = evaluate_runs(args.run_dirs, args.crops, args.bn_stats, args.pop_batches,
                                batch_size=args.batch_size, crop_size=args.crop_size, device=device,
                                limit=args.limit)

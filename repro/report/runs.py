@@ -135,6 +135,23 @@ def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: t
     return Selection(runs, excluded, {e: m for e, m in missing.items() if m}, identity)
 
 
+def recipe_problems(run_dirs: list[Path]) -> list[str]:
+    """For `repro.evaluate`: each given run that is unfinished or departs from its experiment's recipe
+    at its scale, with the reason."""
+    problems = []
+    for d in map(Path, run_dirs):
+        if not (d / "config.yaml").exists():
+            continue  # not a run directory: evaluate says so
+        r = read_run(d)
+        if r.summary is None:
+            problems.append(f"{r.name} is unfinished (last recorded step {r.last_step:,})")
+            continue
+        diff = differing_keys(r.config, recipe_config(r.experiment, r.config["scale"]["name"]))
+        if diff:
+            problems.append(f"{r.name} departs from the {r.experiment} recipe: {'; '.join(diff[:4])}")
+    return problems
+
+
 # ----------------------------------------------------------------------------------------------
 # Ledger discipline: did every run start after the ledger was committed, on a clean tree?
 
