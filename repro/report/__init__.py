@@ -177,11 +177,13 @@ def fmt_values(values: list[float], seeds: list, digits: int = 4) -> str:
     return ", ".join(f"{s}: {fmt(float(v), digits)}" for s, v in zip(seeds, values))
 
 
-def claims_section(results: list[dict], preconditions: dict[str, dict] | None = None) -> str:
-    """The claims table: per-seed values, mean ± std, 95% interval, criterion, verdict.
+def claims_section(results: list[dict], preconditions: dict[str, dict] | None = None, previous: dict | None = None) -> str:
+    """The claims table: per-seed values, mean ± std, 95% interval, criterion, verdict; then the
+    verdict rule, the preconditions, and the verdicts that changed since `previous` (a
+    previous_verdicts.yaml: source, and per claim id its value, verdict and why it changed).
 
     Each result: claim (the ledger entry), seeds (labels), summary (stats.Summary), testable, and
-    optionally scale (multiplier for display) and unit."""
+    optionally scale (multiplier for display)."""
     rows = []
     for r in results:
         c, s = r["claim"], r["summary"]
@@ -197,5 +199,14 @@ def claims_section(results: list[dict], preconditions: dict[str, dict] | None = 
         text += "\nPreconditions (ledger):\n\n" + md_table(
             ["precondition", "definition", "per seed", "holds"],
             [[name, p["definition"], p["per_seed"], "yes" if p["holds"] else "**no**"] for name, p in preconditions.items()])
+    if previous:
+        changed = []
+        for r, row in zip(results, rows):
+            old = previous["claims"].get(r["claim"]["id"])
+            if old and old["verdict"] != row[-1].strip("*"):
+                changed.append(f"- {r['claim']['id']}: {old['verdict']} ({old['value']}) → {row[-1].strip('*')}. "
+                               + old.get("why", ""))
+        text += (f"\nVerdicts that changed since {previous['source']}:\n\n" + "\n".join(changed) + "\n"
+                 if changed else f"\nNo verdict changed since {previous['source']}.\n")
     return text
 

@@ -184,7 +184,7 @@ The ledger's thresholds were first committed together with the first results (co
 unlike Figures 2-4 they were not fixed before any run; the per-seed statistics and interval verdicts
 were committed before these runs.
 
-{claims_section(results)}
+{claims_section(results, previous=meta['previous'])}
 ## Test accuracy (mean ± std over seeds)
 {md_table(['step', 'without BN', 'with BN'], acc_rows)}
 The paper prints no accuracy values for Figure 1, only the curves (y-axis 0.7–0.9+, facts §2).

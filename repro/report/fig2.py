@@ -191,7 +191,7 @@ number below is re-derived from `runs.csv` and `meta.json` beside this file by `
 
 {runs_section(meta)}
 ## Claims
-{claims_section(results, pre)}
+{claims_section(results, pre, meta['previous'])}
 ## Figure 3: steps to reach Inception's maximum accuracy
 Per seed, the target is that seed's Inception maximum: {fmt_values([x['target'] * 100 for x in st.values()], seeds)}%,
 first reached at steps {fmt_values([x['base_to_max'] for x in st.values()], seeds, 5)} (the paper: 72.2% after 31.0M steps).

@@ -203,7 +203,7 @@ below is re-derived from `runs.csv` and `meta.json` beside this file by `python 
 One network per row and one seed, so the two error-drop claims take their interval over the test
 images (normal approximation, pairing ignored: wider than exact); the population claim is per network.
 
-{claims_section(results)}
+{claims_section(results, previous=meta['previous'])}
 ## Figure 4 table (paper: ImageNet, 1000 classes; ours: {data['dataset']}, {classes} classes)
 {md_table(['model', 'crops', 'models', 'paper top-1', 'paper top-5', 'ours top-1', f'ours top-{k5}'], rows)}
 ![Figure 4](fig4.png)

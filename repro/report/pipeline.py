@@ -13,6 +13,8 @@ import re
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from repro.report import load_ledger, read_long, run_meta, write_outputs, write_text
 from repro.report.runs import ledger_provenance, select_runs
 
@@ -50,6 +52,8 @@ def render(data_dir: Path, out: Path) -> Path:
     import json
 
     meta = json.loads((Path(data_dir) / "meta.json").read_text())
+    previous = Path(data_dir) / "previous_verdicts.yaml"  # committed commentary, not part of the ledger
+    meta["previous"] = yaml.safe_load(previous.read_text()) if previous.exists() else None
     module = importlib.import_module(f"repro.report.{meta['figure']}")
     text = module.render(read_long(Path(data_dir) / "runs.csv"), meta, load_ledger(Path(meta["claims"])), Path(out))
     write_text(Path(out) / "report.md", text)
