@@ -191,6 +191,10 @@ number below is re-derived from `runs.csv` and `meta.json` beside this file by `
 
 {runs_section(meta)}
 ## Claims
+The ledger's thresholds were fixed before the first cpu-scale runs; its statistics were made per seed,
+with interval verdicts and the plateau preconditions, in a commit of their own (`{(meta['ledger']['ledger_commit'] or '?')[:10]}`)
+before these runs, thresholds unchanged.
+
 {claims_section(results, pre, meta['previous'])}
 ## Figure 3: steps to reach Inception's maximum accuracy
 Per seed, the target is that seed's Inception maximum: {fmt_values([x['target'] * 100 for x in st.values()], seeds)}%,

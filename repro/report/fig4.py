@@ -202,6 +202,8 @@ below is re-derived from `runs.csv` and `meta.json` beside this file by `python 
 ## Claims
 One network per row and one seed, so the two error-drop claims take their interval over the test
 images (normal approximation, pairing ignored: wider than exact); the population claim is per network.
+The ledger's thresholds were fixed before the runs; its interval rule was added in commit
+`{(meta['ledger']['ledger_commit'] or '?')[:10]}`, thresholds unchanged{', after these evaluations were made' if not meta['recipe_identity'] else ''}.
 
 {claims_section(results, previous=meta['previous'])}
 ## Figure 4 table (paper: ImageNet, 1000 classes; ours: {data['dataset']}, {classes} classes)
