@@ -97,8 +97,11 @@ def test_fig2_statistics_per_seed_on_synthetic_curves():
     curves = {v: {1: flat, 2: flat} for v in fig2.VARIANTS}
     curves["inception"] = {1: [0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, 0.6], 2: [0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]}
     curves["bn_x5"] = {1: [0.5, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7], 2: [0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]}
+    curves["bn_x5_sigmoid"][3] = [0.4] * 8  # a seed Inception lacks: counts for max_acc, not for speed-ups
     meta, long = _fig2_meta_and_long(curves)
     st = fig2.seed_stats(fig2.seed_curves(long, meta))
+    assert fig2.measure({"statistic": "max_acc", "variant": "bn_x5_sigmoid"}, st) == ([1, 2, 3], [0.3, 0.3, 0.4])
+    assert fig2.measure({"statistic": "speedup", "variant": "bn_x5_sigmoid"}, st)[0] == [1, 2]
     # seed 1: Inception first reaches its max 0.6 at step 500; BN-x5 at 150 (interpolated): 3.33x
     # seed 2: max 0.5 at step 400; BN-x5 already above it at its first evaluation (step 100): 4x
     seeds, speed = fig2.measure({"statistic": "speedup", "variant": "bn_x5"}, st)

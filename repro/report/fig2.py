@@ -65,18 +65,20 @@ def seed_curves(long: Long, meta: dict) -> dict[str, dict[int, tuple[np.ndarray,
 
 
 def seed_stats(curves: dict) -> dict[int, dict]:
-    """Per seed that Inception has: its maximum (the target), the step it first got there, and for
-    each variant of that seed its maximum, steps to the target and speed-up."""
+    """Per seed: Inception's maximum (the target) and the step it first got there, if Inception has
+    that seed, and for each variant of that seed its maximum, steps to the target and speed-up."""
     out = {}
-    for seed, (bs, ba) in curves["inception"].items():
-        target = float(ba.max())
-        base_to_max = steps_to_reach(bs, ba, target)
+    for seed in sorted({s for per_seed in curves.values() for s in per_seed}):
+        base = curves["inception"].get(seed)
+        target = float(base[1].max()) if base else math.nan
+        base_to_max = steps_to_reach(*base, target) if base else math.nan
         per = {}
         for v in VARIANTS:
             if seed in curves[v]:
                 s, a = curves[v][seed]
-                to = steps_to_reach(s, a, target)
-                per[v] = {"max": float(a.max()), "to_target": to, "speedup": ratio(base_to_max, to) if math.isfinite(to) else 0.0}
+                to = steps_to_reach(s, a, target) if base else math.nan
+                per[v] = {"max": float(a.max()), "to_target": to,
+                          "speedup": (ratio(base_to_max, to) if math.isfinite(to) else 0.0) if base else math.nan}
         out[seed] = {"target": target, "base_to_max": base_to_max, "variants": per}
     return out
 
@@ -84,7 +86,8 @@ def seed_stats(curves: dict) -> dict[int, dict]:
 def measure(claim: dict, st: dict) -> tuple[list[int], list[float]]:
     """The claim's statistic per seed (seeds where every network it involves has a run)."""
     v, stat = claim["variant"], claim["statistic"]
-    need = {"max_margin": TRAINED, "speedup_ratio": [v, claim.get("other")]}.get(stat, [v])
+    need = {"max_margin": TRAINED, "speedup_ratio": ["inception", v, claim.get("other")],
+            "speedup": ["inception", v]}.get(stat, [v])
     seeds = [s for s, x in sorted(st.items()) if all(n in x["variants"] for n in need)]
     vals = []
     for s in seeds:
@@ -125,7 +128,7 @@ def plot(curves: dict, st: dict, path: Path, scale: str) -> None:
         steps, mean, std = mean_band(list(curves[v].values()))
         ax.plot(steps, mean, color=COLORS[v], label=f"{PAPER[v][0]} (n={len(curves[v])})")
         ax.fill_between(steps, mean - std, mean + std, color=COLORS[v], alpha=0.2, lw=0)
-    target = np.mean([x["target"] for x in st.values()])
+    target = np.nanmean([x["target"] for x in st.values()])
     ax.axhline(target, color="k", lw=0.8, ls=":", label="Inception's max (mean over seeds)")
     ax.set(xlabel="training steps", ylabel="validation accuracy (single crop)",
            title=f"Figure 2 ({scale} scale): mean ± std over seeds")
@@ -148,15 +151,16 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
         results.append({"claim": c, "seeds": seeds, "summary": summarize(vals),
                         "testable": all(pre[p]["holds"] for p in c.get("preconditions", []))})
 
-    seeds = sorted(st)
+    seeds = [s for s in sorted(st) if "inception" in st[s]["variants"]]  # Figure 3 needs Inception's target
     rows = []
     for v in VARIANTS:
-        (name, p_steps, p_max), per = PAPER[v], [st[s]["variants"].get(v) for s in seeds]
-        have = [(s, x) for s, x in zip(seeds, per) if x]
+        name, p_steps, p_max = PAPER[v]
+        have = [(s, x["variants"][v]) for s, x in sorted(st.items()) if v in x["variants"]]
+        paired = [(s, x) for s, x in have if s in seeds]  # seeds with Inception's target
         p_speed = PAPER["inception"][1] / p_steps if np.isfinite(p_steps) else math.inf
-        speeds = summarize([x["speedup"] for _, x in have])
+        speeds = summarize([x["speedup"] for _, x in paired])
         rows.append([name, fmt(p_steps / 1e6, 3) + "M" if np.isfinite(p_steps) else "—", f"{p_max:.1%}",
-                     ", ".join(f"{s}: {x['to_target']:,.0f}" if math.isfinite(x["to_target"]) else f"{s}: never" for s, x in have),
+                     ", ".join(f"{s}: {x['to_target']:,.0f}" if math.isfinite(x["to_target"]) else f"{s}: never" for s, x in paired),
                      fmt_values([x["max"] * 100 for _, x in have], [s for s, _ in have]),
                      f"{p_speed:.1f}x" if np.isfinite(p_speed) else "—", f"{fmt(speeds.mean, 3)}x"])
     base_steps, base_mean, _ = mean_band(list(curves["inception"].values()))
@@ -166,7 +170,7 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     cfg, base_cfg, data, env = meta["config"], meta["base_config"], meta["data"], meta["env"]
     t, o, m = cfg["train"], cfg["optim"], cfg["model"]
     wall = sum(r["wall_s"] for r in meta["runs"]) / 60
-    grid_cap = max(x["base_to_max"] for x in st.values()) / t["eval_every"]
+    grid_cap = max(st[s]["base_to_max"] for s in seeds) / t["eval_every"]
     plateau = pre.get("inception_plateaued")
     horizon = ("" if plateau is None or plateau["holds"] else
                "\n**Inception had not plateaued** by the ledger's definition (see Preconditions), so its maximum "
@@ -197,8 +201,8 @@ before these runs, thresholds unchanged.
 
 {claims_section(results, pre, meta['previous'])}
 ## Figure 3: steps to reach Inception's maximum accuracy
-Per seed, the target is that seed's Inception maximum: {fmt_values([x['target'] * 100 for x in st.values()], seeds)}%,
-first reached at steps {fmt_values([x['base_to_max'] for x in st.values()], seeds, 5)} (the paper: 72.2% after 31.0M steps).
+Per seed, the target is that seed's Inception maximum: {fmt_values([st[s]['target'] * 100 for s in seeds], seeds)}%,
+first reached at steps {fmt_values([st[s]['base_to_max'] for s in seeds], seeds, 5)} (the paper: 72.2% after 31.0M steps).
 Each variant's steps to its seed's target are interpolated between evaluations; its speed-up is Inception's
 steps to the target over its own (0 if never reached).
 {horizon}
