@@ -12,7 +12,7 @@ RUNS ?= runs
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test bench gpu-check lint clean
+.PHONY: help install reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test verify bench gpu-check lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/
 
 test: install ## Run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
+
+verify: install ## Rebuild every committed report from results/ alone; exit 1 naming each number that differs
+	$(PY) -m repro.report verify
 
 bench: install ## Speed: Figure 1 job and the runner vs bare torch loops; our Inception vs timm per MAC
 	$(PY) scripts/bench_fig1.py

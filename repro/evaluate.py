@@ -36,6 +36,7 @@ from repro.config import Config, DataConfig
 from repro.crops import VIEWS, multi_crop
 from repro.data import DATASETS, Splits, load_splits
 from repro.errors import ReproError
+from repro.report.runs import recipe_problems
 from repro.train import build_model
 
 BN_STATS = ("ema", "population")
@@ -372,6 +373,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (torchrun: one GPU per rank)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N test images")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the result here")
+    p.add_argument("--any-settings", action="store_true",
+                   help="also evaluate runs whose settings depart from their experiment's recipe")
     return p.parse_args(argv)
 
 
@@ -381,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     device = dist.setup(args.device)
     main_rank = dist.is_main()  # asked before teardown, after which every process reads as rank 0
     try:
+        if not args.any_settings and (problems := recipe_problems(args.run_dirs)):
+            raise ReproError("; ".join(problems) + " (pass --any-settings to evaluate them anyway)")
         result = evaluate_runs(args.run_dirs, args.crops, args.bn_stats, args.pop_batches,
                                batch_size=args.batch_size, crop_size=args.crop_size, device=device,
                                limit=args.limit)

@@ -30,6 +30,7 @@ from repro.errors import ReproError
 # Keys that do not change what a run computes, so they stay out of its identity hash.
 _NOT_IDENTITY = ("resume", "runs_dir", "logger")
 _NOT_IDENTITY_TRAIN = ("device", "threads")
+_NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differs between machines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,13 +98,36 @@ def config_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def config_hash(cfg: Config) -> str:
-    d = config_dict(cfg)
-    for k in _NOT_IDENTITY:
-        d.pop(k)
-    for k in _NOT_IDENTITY_TRAIN:
-        d["train"].pop(k)
+def _with_defaults(d: dict, defaults: dict) -> dict:
+    """`d` with the keys it lacks taken from `defaults`: a run recorded before a key joined the schema
+    ran with what is now that key's default."""
+    return {k: _with_defaults(d[k], v) if isinstance(v, dict) and isinstance(d.get(k), dict) else d.get(k, v)
+            for k, v in defaults.items()} | {k: v for k, v in d.items() if k not in defaults}
+
+
+def identity_dict(d: dict, with_seed: bool = False) -> dict:
+    """The keys of a resolved config (a dict, e.g. a run's config.yaml) that decide what it computes:
+    not where its files are (the data's identity, its source, counts and checksum, is checked apart)."""
+    d = _with_defaults(d, dataclasses.asdict(Config()))
+    d = {k: v for k, v in d.items() if k not in _NOT_IDENTITY and (with_seed or k != "seed")}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _NOT_IDENTITY_TRAIN}
+    d["data"] = {k: v for k, v in d["data"].items() if k not in _NOT_IDENTITY_DATA}
+    return d
+
+
+def _hash(d: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def config_hash(cfg: Config) -> str:
+    """Names the run directory: the identity with the seed."""
+    return _hash(identity_dict(config_dict(cfg), with_seed=True))
+
+
+def identity_hash(d: dict) -> str:
+    """The run's identity: its resolved config without seed, run directory and logger keys. Runs of
+    one recipe at one scale share it, whatever their seed; computable from any run's config.yaml."""
+    return _hash(identity_dict(d))
 
 
 def run_name(cfg: Config) -> str:
@@ -175,7 +199,7 @@ def environment(device: torch.device, world_size: int = 1) -> dict:
 
 def write_run_header(run_dir: Path, cfg: Config, env: dict) -> None:
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    write_json(run_dir / "env.json", env)
+    write_json(run_dir / "env.json", env | {"identity": identity_hash(config_dict(cfg))})
 
 
 # ----------------------------------------------------------------------------------------------

@@ -290,7 +290,7 @@ def load(path: Path) -> dict:
         nets["compiled"] |= more["compiled"]
         nets["skipped"] = [s for s in nets["skipped"] if not s.startswith("compile ")] + more["skipped"]
         nets["compiled_separately"] = True
-        result["hours"] = hours(nets)
+        result["hours"] = hours(nets) | {k: v for k, v in result.get("hours", {}).items() if k.startswith("assumed")}
     return result
 
 

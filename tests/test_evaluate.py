@@ -75,9 +75,12 @@ def test_ensemble_of_runs_averages_probabilities(smoke_run, tmp_path):
     assert [m["run_dir"] for m in result["per_model"]] == [str(a), str(b)]
 
 
-def test_one_crop_ema_reproduces_the_runners_final_accuracy(smoke_run, tmp_path):
+def test_one_crop_ema_reproduces_the_runners_final_accuracy(smoke_run, tmp_path, capsys):
     out = tmp_path / "res" / "ema.json"
-    assert main([str(smoke_run), "--crops", "1", "--bn-stats", "ema", "--device", "cpu", "--out", str(out)]) == 0
+    args = [str(smoke_run), "--crops", "1", "--bn-stats", "ema", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 2  # its data.limit_test departs from the recipe: refused, the key named
+    assert "data.limit_test=" in capsys.readouterr().err
+    assert main([*args, "--any-settings"]) == 0
     result = json.loads(out.read_text())
     summary = json.loads((smoke_run / "summary.json").read_text())
     assert result["top1_error"] == pytest.approx(100 * (1 - summary["final_test_acc"]))
@@ -131,7 +134,7 @@ def test_two_ranks_evaluate_each_image_exactly_once(smoke_run, tmp_path):
     out = tmp_path / "ddp.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
            "-m", "repro.evaluate", str(smoke_run), "--crops", "10", "--bn-stats", "population",
-           "--pop-batches", "10", "--device", "cpu", "--out", str(out)]
+           "--pop-batches", "10", "--device", "cpu", "--out", str(out), "--any-settings"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]

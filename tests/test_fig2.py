@@ -13,7 +13,8 @@ import pytest
 
 from repro import records
 from repro.loaders import InMemoryStream
-from repro.report import fig2
+from repro.report import read_long
+from repro.report.pipeline import build
 from repro.train import run
 from tests.conftest import ROOT, compose_config, make_image_folder, run_killed_after
 
@@ -105,10 +106,15 @@ def test_two_process_gloo_run_writes_one_run(tmp_path):
 def test_report_builds_from_recorded_runs(smoke, tmp_path):
     for v in VARIANTS:
         run(smoke(f"experiment={v}", "train.steps=4"))
-    out = fig2.build(tmp_path / "runs", "smoke", tmp_path / "results", ROOT / "results" / "fig2" / "claims.yaml")
+    out = build("fig2", tmp_path / "runs", "smoke", tmp_path / "results", ROOT / "results" / "fig2" / "claims.yaml",
+                overrides=("train.steps=4",))
     text = (out / "report.md").read_text()
     assert "Figure 3" in text and "BN-x30" in text and (out / "fig2.png").stat().st_size > 10_000
-    assert len((out / "fig3.csv").read_text().splitlines()) == 1 + len(VARIANTS)
+    # 4 steps cannot show a plateau: the speed-up claims are not testable, the sigmoid claims are judged
+    assert text.count("| not testable at this scale |") == 4 and "| inception_plateaued |" in text
+    long = read_long(out / "runs.csv")
+    assert {r[0] for r in long.rows} == {p.name for p in (tmp_path / "runs").iterdir()}
+    assert sorted({r[2] for r in long.rows}) == [0, 2, 4]  # every evaluation of every run
 
 
 def test_image_folder_path_runs(tmp_path):

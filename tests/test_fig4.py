@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
-from repro.report import fig4
+import pytest
+
+from repro.report import fig4, read_long
+from repro.report.pipeline import build
 from repro.train import run
 from tests.conftest import ROOT, compose_config
 
@@ -27,12 +30,24 @@ def test_report_builds_and_caches_evaluations(smoke, tmp_path):
     for e in fig4.MEMBERS + [fig4.SINGLE]:
         run(smoke(f"experiment={e}", "train.steps=3"))
     claims = ROOT / "results" / "fig4" / "claims.yaml"
-    out = fig4.build(tmp_path / "runs", "smoke", tmp_path / "results", claims, limit=16, pop_batches=2)
+    args = ("fig4", tmp_path / "runs", "smoke", tmp_path / "results", claims)
+    out = build(*args, overrides=("train.steps=3",), limit=16, pop_batches=2)
     text = (out / "report.md").read_text()
     assert "BN-Inception ensemble" in text and "population top-1" in text
     cached = json.loads((out / "evaluations.json").read_text())
     assert set(cached) == set(fig4.EVALS) and cached["ensemble_144crop"]["result"]["models"] == 6
     assert cached["single_1crop"]["result"]["n_images"] == 16
+    long = read_long(out / "runs.csv")
+    assert long.value("single_1crop", "top1_error") == cached["single_1crop"]["result"]["top1_error"]
     mtime = (out / "evaluations.json").stat().st_mtime
-    fig4.build(tmp_path / "runs", "smoke", tmp_path / "results", claims, limit=16, pop_batches=2)
+    build(*args, overrides=("train.steps=3",), limit=16, pop_batches=2)
     assert (out / "evaluations.json").stat().st_mtime == mtime  # nothing re-evaluated
+
+
+def test_error_drop_interval_over_images():
+    from repro.report import Long
+
+    long = Long([("a", 1, 0, "top1_error", 20.0), ("a", 1, 0, "n_images", 1000), ("b", 1, 0, "top1_error", 15.0)])
+    s = fig4.error_drop(long, "a", "b")
+    se = 100 * ((0.2 * 0.8 + 0.15 * 0.85) / 1000) ** 0.5
+    assert s.mean == pytest.approx(5.0) and s.lo == pytest.approx(5.0 - 1.959964 * se)

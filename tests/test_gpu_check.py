@@ -49,3 +49,14 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
                     "## 5. GPU-hours"):
         assert section in report
     assert "| default | " in report and "Failed" not in report
+
+
+def test_committed_gpu_reports_rebuild_from_their_json():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_check import load
+    from gpu_report import render
+
+    reports = sorted((ROOT / "results" / "gpu").glob("*/gpu_check.json"))
+    assert reports
+    for path in reports:
+        assert render(load(path)) == path.with_name("report.md").read_text(), f"{path.parent}: rerender differs"

@@ -1,107 +1,38 @@
 """Reports: put each measured claim beside the paper's number, with a verdict.
 
-Shared pieces: finding recorded runs, aggregating curves over seeds, the claims ledger and the
-markdown it becomes. One module per figure (`fig1.py`, ...) builds on these.
+A report is built in two steps. `build` selects the recipe's runs (`runs.py`) and writes what the
+report needs from them to `results/<fig>/<scale>/`: `runs.csv` (long format: run, seed, step,
+metric, value; every curve and probe value used) and `meta.json` (settings, runs used and excluded,
+ledger provenance). `render` then makes report.md and the plots from those committed files alone,
+so `python -m repro.report verify` can rebuild every committed number. One module per figure
+(`fig1.py`, ...) supplies `EXPERIMENTS`, `collect` and `render`; `stats.py` holds the statistics.
 """
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 import math
-from dataclasses import dataclass, field
+from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 import yaml
 
-from repro.errors import ReproError
-from repro.records import atomic_write, read_jsonl
+from repro.records import atomic_write, write_json
+from repro.report.stats import METHOD_NOTE, verdict
 
 matplotlib.use("Agg")  # reports render to files; no display is needed or wanted
-
-
-@dataclass
-class Run:
-    """One finished run as its files record it."""
-
-    path: Path
-    summary: dict
-    config: dict
-    env: dict
-    metrics: list[dict] = field(repr=False)
-
-    @property
-    def experiment(self) -> str:
-        return self.summary["experiment"]
-
-    @property
-    def seed(self) -> int:
-        return self.summary["seed"]
-
-    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = [(r["step"], r[key]) for r in self.metrics if key in r]
-        steps, values = zip(*rows) if rows else ((), ())
-        return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
-
-
-def load_runs(runs_dir: Path, experiments: list[str], scale: str) -> dict[str, list[Run]]:
-    """Finished runs of the given experiments at `scale`, the latest per (experiment, seed)."""
-    found: dict[tuple[str, int], Run] = {}
-    for summary_path in sorted(Path(runs_dir).glob("*/summary.json"), key=lambda p: p.stat().st_mtime):
-        summary = json.loads(summary_path.read_text())
-        if summary.get("experiment") not in experiments or summary.get("scale") != scale:
-            continue
-        d = summary_path.parent
-        found[(summary["experiment"], summary["seed"])] = Run(
-            d, summary, yaml.safe_load((d / "config.yaml").read_text()),
-            json.loads((d / "env.json").read_text()), read_jsonl(d / "metrics.jsonl"))
-    runs = {e: sorted((r for (x, _), r in found.items() if x == e), key=lambda r: r.seed) for e in experiments}
-    missing = [e for e, rs in runs.items() if not rs]
-    if missing:
-        raise ReproError(f"no finished {scale}-scale runs of {missing} under {runs_dir}: run them first "
-                         f"(e.g. python -m repro.train -m experiment={','.join(missing)} scale={scale})")
-    return runs
-
-
-def mean_curve(runs: list[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps, mean and std over seeds of `key`, on the steps every run recorded."""
-    curves = [r.curve(key) for r in runs]
-    common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
-    values = np.array([[dict(zip(s.tolist(), v))[t] for t in common] for s, v in curves])
-    return np.asarray(common), values.mean(0), values.std(0)
-
-
-def steps_to_reach(steps: np.ndarray, values: np.ndarray, target: float) -> float:
-    """First step where the curve reaches `target`, linearly interpolated; inf if it never does."""
-    above = np.nonzero(values >= target)[0]
-    if len(above) == 0:
-        return math.inf
-    i = above[0]
-    if i == 0:
-        return float(steps[0])
-    s0, s1, v0, v1 = steps[i - 1], steps[i], values[i - 1], values[i]
-    return float(s0 + (target - v0) / (v1 - v0) * (s1 - s0))
-
-
-def value_at(steps: np.ndarray, values: np.ndarray, step: float) -> float:
-    return float(np.interp(step, steps, values)) if steps[0] <= step <= steps[-1] else math.nan
 
 
 # ----------------------------------------------------------------------------------------------
 # Claims ledger: what the paper says, the statistic, and the tolerance, fixed before the runs.
 
 
-def load_claims(path: Path) -> list[dict]:
-    return yaml.safe_load(Path(path).read_text())["claims"]
-
-
-def verdict(measured: float, op: str, threshold: float) -> str:
-    if measured is None or (isinstance(measured, float) and math.isnan(measured)):
-        return "not measured"
-    ok = {">": measured > threshold, ">=": measured >= threshold, "<": measured < threshold,
-          "<=": measured <= threshold}[op]
-    return "reproduced" if ok else "**not reproduced**"
+def load_ledger(path: Path) -> dict:
+    """A claims ledger: `claims` (statistic, op, threshold, preconditions) and `preconditions`."""
+    return yaml.safe_load(Path(path).read_text())
 
 
 def fmt(x: float, digits: int = 4) -> str:
@@ -129,3 +60,153 @@ def save_figure(fig, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Committed data: runs.csv (long format) and meta.json
+
+COLUMNS = ("run", "seed", "step", "metric", "value")
+
+
+class Long:
+    """The rows of a long-format CSV, with curves looked up by (run, metric)."""
+
+    def __init__(self, rows: list[tuple]):
+        self.rows = rows
+        self._curves: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+        for run, _, step, metric, value in rows:
+            self._curves[(run, metric)].append((step, value))
+
+    def curve(self, run: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        pts = sorted(self._curves.get((run, metric), []))
+        return np.array([p[0] for p in pts], dtype=float), np.array([p[1] for p in pts], dtype=float)
+
+    def value(self, run: str, metric: str) -> float:
+        _, v = self.curve(run, metric)
+        return float(v[-1]) if len(v) else math.nan
+
+
+def write_long(path: Path, rows: list[tuple]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    w.writerows((run, seed, int(step), metric, repr(float(value))) for run, seed, step, metric, value in rows)
+    write_text(path, buf.getvalue())
+
+
+def read_long(path: Path) -> Long:
+    with open(path, newline="") as f:
+        r = csv.reader(f)
+        assert tuple(next(r)) == COLUMNS, f"{path}: not a long-format CSV {COLUMNS}"
+        return Long([(run, int(seed), int(step), metric, float(value)) for run, seed, step, metric, value in r])
+
+
+def write_outputs(out: Path, rows: list[tuple], meta: dict) -> None:
+    write_long(out / "runs.csv", rows)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "meta.json", meta)
+
+
+def runs_by_experiment(meta: dict) -> dict[str, list[dict]]:
+    """meta's runs grouped by experiment, in seed order."""
+    out: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(meta["runs"], key=lambda r: r["seed"]):
+        out[r["experiment"]].append(r)
+    return out
+
+
+def mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps every curve has, and the mean and sample std (ddof=1; 0 for one curve) over curves there."""
+    common = sorted(set.intersection(*(set(s.tolist()) for s, _ in curves)))
+    values = np.array([[dict(zip(s.tolist(), v))[t] for t in common] for s, v in curves])
+    std = values.std(0, ddof=1) if len(values) > 1 else np.zeros(len(common))
+    return np.asarray(common), values.mean(0), std
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared report sections
+
+
+def run_meta(sel, provenance: dict) -> dict:
+    """What meta.json says about the runs: the ones used, the ones excluded and why, missing seeds."""
+    used = [r for rs in sel.runs.values() for r in rs]
+    return {
+        "runs": [{"run": r.name, "experiment": r.experiment, "seed": r.seed, "status": r.summary["status"],
+                  "diverged_at": r.summary["diverged_at"], "steps": r.summary["steps"],
+                  "wall_s": r.summary["wall_s"], "identity": r.identity,
+                  "provenance": provenance["runs"][r.name]["state"]} for r in used],
+        "excluded": sel.excluded, "missing_seeds": sel.missing, "recipe_identity": sel.identity,
+        "ledger": {k: v for k, v in provenance.items() if k != "runs"},
+    }
+
+
+def runs_section(meta: dict) -> str:
+    """Which runs were used, which were not and why, and whether the ledger came first."""
+    led = meta["ledger"]
+    states = defaultdict(list)
+    for r in meta["runs"]:
+        states[r["provenance"]].append(r["run"])
+    if led["ledger_commit"]:
+        ledger = (f"The ledger `{meta['claims']}` was last changed in commit `{led['ledger_commit'][:10]}` "
+                  f"({led['ledger_date']})" + (" and has uncommitted edits" if led["ledger_edited"] else "") + ". ")
+    else:
+        ledger = f"The ledger `{meta['claims']}` is not committed. "
+    clean = "after the ledger, clean tree"
+    if set(states) == {clean}:
+        ledger += f"All {len(meta['runs'])} runs started from a commit containing it, on a clean tree."
+    else:
+        ledger += "Runs by when they started: " + "; ".join(f"{state}: {len(names)}" for state, names in sorted(states.items())) + "."
+    diverged = [f"{r['run']} (diverged at step {r['diverged_at']:,}; counted as its outcome)" for r in meta["runs"]
+                if r["status"] == "diverged"]
+    if not meta["recipe_identity"]:
+        lines = [f"Runs used: {meta['runs_dir']}; their configs, identities and commits could not be checked "
+                 "on this machine. " + ledger, ""]
+    else:
+        lines = [f"Runs used: those under `{meta['runs_dir']}` whose identity (resolved config without seed, run "
+                 f"directory and logger keys) equals the recipe's at this scale" +
+                 (f" with `{' '.join(meta['overrides'])}`" if meta.get("overrides") else "") + ": "
+                 + ", ".join(f"{e} `{h}`" for e, h in meta["recipe_identity"].items()) + ". " + ledger, ""]
+    lines += [f"- used: {len(meta['runs'])} runs, seeds {sorted({r['seed'] for r in meta['runs']})}"]
+    lines += [f"- diverged: {d}" for d in diverged]
+    lines += [f"- missing: {e} has no run of seed(s) {s}" for e, s in meta["missing_seeds"].items()]
+    lines += [f"- excluded: {x}" for x in meta["excluded"]] or ["- excluded: none"]
+    return "\n".join(lines) + "\n"
+
+
+def fmt_values(values: list[float], seeds: list, digits: int = 4) -> str:
+    return ", ".join(f"{s}: {fmt(float(v), digits)}" for s, v in zip(seeds, values))
+
+
+def claims_section(results: list[dict], preconditions: dict[str, dict] | None = None, previous: dict | None = None) -> str:
+    """The claims table: per-seed values, mean ± std, 95% interval, criterion, verdict; then the
+    verdict rule, the preconditions, and the verdicts that changed since `previous` (a
+    previous_verdicts.yaml: source, and per claim id its value, verdict and why it changed).
+
+    Each result: claim (the ledger entry), seeds (labels), summary (stats.Summary), testable, and
+    optionally scale (multiplier for display)."""
+    rows = []
+    for r in results:
+        c, s = r["claim"], r["summary"]
+        k = r.get("scale", 1.0)
+        interval = (f"[{fmt(s.lo * k)}, {fmt(s.hi * k)}]" if not math.isnan(s.lo) else "—")
+        rows.append([c["id"], c["paper"], fmt_values([v * k for v in s.values], r["seeds"]),
+                     f"{fmt(s.mean * k)} ± {fmt(s.std * k)}", interval,
+                     f"{c['op']} {fmt(float(c['threshold']) * k)}" + (f" ({', '.join(c['preconditions'])})" if c.get("preconditions") else ""),
+                     verdict(s, c["op"], float(c["threshold"]), r.get("testable", True))])
+    text = md_table(["claim", "paper", "ours, per seed", "mean ± std", "95% interval", "criterion", "verdict"], rows)
+    text += "\n" + METHOD_NOTE + "\n"
+    if preconditions:
+        text += "\nPreconditions (ledger):\n\n" + md_table(
+            ["precondition", "definition", "per seed", "holds"],
+            [[name, p["definition"], p["per_seed"], "yes" if p["holds"] else "**no**"] for name, p in preconditions.items()])
+    if previous:
+        changed = []
+        for r, row in zip(results, rows):
+            old = previous["claims"].get(r["claim"]["id"])
+            if old and old["verdict"] != row[-1].strip("*"):
+                changed.append(f"- {r['claim']['id']}: {old['verdict']} ({old['value']}) → {row[-1].strip('*')}. "
+                               + old.get("why", ""))
+        text += (f"\nVerdicts that changed since {previous['source']}:\n\n" + "\n".join(changed) + "\n"
+                 if changed else f"\nNo verdict changed since {previous['source']}.\n")
+    return text
+

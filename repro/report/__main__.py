@@ -1,4 +1,6 @@
-"""`python -m repro.report fig1 --scale cpu`: build a figure's report from recorded runs."""
+"""`python -m repro.report fig1 --scale cpu`: build a figure's report from recorded runs;
+`python -m repro.report verify`: rebuild every committed report from committed files and name each
+number that differs (exit 1)."""
 
 from __future__ import annotations
 
@@ -40,24 +42,39 @@ does not favour BN. Built by `python -m repro.report lr-sweep --runs-dir {runs_d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.report", description=__doc__)
-    parser.add_argument("figure", choices=["fig1", "fig2", "fig4", "lr-sweep"])
+    parser.add_argument("figure", choices=["fig1", "fig2", "fig4", "lr-sweep", "verify"])
     parser.add_argument("--scale", default="cpu", help="smoke | cpu | gpu | paper")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--claims", type=Path, default=None, help="claims ledger (default results/<fig>/claims.yaml)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="fig4: evaluate the first N test images (default: 2,000 at smoke/cpu scale, all above)")
+    parser.add_argument("--from-evaluations", type=Path, default=None, metavar="JSON",
+                        help="fig4: build from a committed evaluations.json when the runs are not on this machine")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="Hydra override that is part of the recipe the runs must match (repeatable)")
     args = parser.parse_args(argv)
     try:
+        if args.figure == "verify":
+            from repro.report.pipeline import verify
+
+            problems = verify(args.out)
+            for p in problems:
+                print(f"differs: {p}")
+            print(f"verify: {len(problems)} number(s) differ" if problems else "verify: every committed report rebuilds exactly")
+            return 1 if problems else 0
         if args.figure == "lr-sweep":
             path = lr_sweep(args.runs_dir or Path("runs/lr_sweep"), args.out)
         else:
-            import importlib
+            from repro.report.pipeline import build, build_from_cache
 
-            module = importlib.import_module(f"repro.report.{args.figure}")
             claims = args.claims or Path("results") / args.figure / "claims.yaml"
             kwargs = {"limit": args.limit} if args.figure == "fig4" else {}
-            path = module.build(args.runs_dir or Path("runs"), args.scale, args.out, claims, **kwargs)
+            if args.from_evaluations:
+                path = build_from_cache(args.figure, args.from_evaluations, args.scale, args.out, claims)
+            else:
+                path = build(args.figure, args.runs_dir or Path("runs"), args.scale, args.out, claims,
+                             tuple(args.override), **kwargs)
     except ReproError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

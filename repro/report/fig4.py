@@ -1,13 +1,14 @@
 """Figure 4 report: one network single- and multi-crop, the six-network ensemble, and inference with
 moving-average (EMA) vs population (Alg. 2) BN statistics.
 
-Writes results/fig4/<scale>/: evaluations.json (cached: rebuilt only when the runs change),
-fig4.png, report.md.
+Writes results/fig4/<scale>/: evaluations.json (cached: rebuilt only when the runs change), runs.csv,
+meta.json, fig4.png, report.md.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -15,10 +16,12 @@ import numpy as np
 
 from repro.evaluate import evaluate_runs
 from repro.records import write_json
-from repro.report import fmt, load_claims, load_runs, md_table, save_figure, verdict, write_text
+from repro.report import Long, claims_section, fmt, md_table, runs_section, save_figure
+from repro.report.stats import normal_interval, summarize
 
 SINGLE = "bn_x30"
 MEMBERS = [f"ensemble_{i}" for i in range(1, 7)]
+EXPERIMENTS = [SINGLE, *MEMBERS]
 # Figure 4 of the paper (facts §6): top-1 / top-5 error (%), 50,000 ImageNet validation images.
 PAPER = {"single_1crop": (25.2, 7.82), "single_144crop": (21.99, 5.82), "ensemble_144crop": (20.1, 4.9)}
 # What is evaluated: name -> (networks, crops, BN statistics)
@@ -50,19 +53,87 @@ def run_evaluations(dirs: dict[str, list[str]], cache: Path, limit: int, pop_bat
     return results
 
 
-def measure(claim: dict, res: dict) -> float:
-    err = {k: v["result"]["top1_error"] for k, v in res.items()}
+def evaluation_rows(res: dict, seed: int, steps: int) -> list[tuple]:
+    """runs.csv rows of the evaluations: each combined result under its evaluation's name, each network's
+    own error under its run name (metric `<measure>/<evaluation>`), and the BN-statistics audit."""
+    rows = []
+    for name, v in res.items():
+        r = v["result"]
+        rows += [(name, seed, steps, k, r[k]) for k in ("top1_error", "top5_error", "n_images")]
+        for m in r["per_model"]:
+            run = Path(m["run_dir"]).name
+            rows += [(run, m["seed"], steps, f"{k}/{name}", m[k]) for k in ("top1_error", "top5_error")]
+            for k in ("dmean_mean", "dlogvar_mean"):
+                if m.get("bn_audit") and k in m["bn_audit"][0]:
+                    rows.append((run, m["seed"], steps, f"{k}/{name}", float(np.mean([a[k] for a in m["bn_audit"]]))))
+    return rows
+
+
+def evaluation_meta(res: dict, pop_batches: int) -> dict:
+    r = res["single_1crop"]["result"]
+    return {"members": {Path(m["run_dir"]).name: m["experiment"] for k in ("single_1crop", "ensemble_1crop")
+                        for m in res[k]["result"]["per_model"]},
+            "single": Path(r["per_model"][0]["run_dir"]).name, "data": r["dataset"], "crop_size": r["crop_size"],
+            "top5_k": r["top5_k"], "num_classes": r["num_classes"], "pop_batches": pop_batches}
+
+
+def collect(sel, out: Path, scale: str, limit: int | None = None, pop_batches: int = 100) -> tuple[list[tuple], dict]:
+    """Evaluate (or reuse cached evaluations of) BN-x30 and the six members; rows for runs.csv."""
+    limit = limit or DEFAULT_LIMIT.get(scale)
+    single = [str(sel.runs[SINGLE][0].path)]
+    members = [str(sel.runs[m][0].path) for m in MEMBERS]
+    res = run_evaluations({"single": single, "members": members, "all": single + members},
+                          out / "evaluations.json", limit, pop_batches)
+    first = sel.runs[SINGLE][0]
+    return evaluation_rows(res, first.seed, first.summary["steps"]), evaluation_meta(res, pop_batches) | {
+        "train": {k: first.config["train"][k] for k in ("steps", "batch_size")}, "seed": first.seed}
+
+
+def collect_cached(cache: Path, scale: str) -> tuple[list[tuple], dict]:
+    """runs.csv rows and meta from a committed evaluations.json alone, for runs made on another
+    machine: their configs, identities and commits cannot be checked here, and the report says so."""
+    from repro.report.runs import recipe_config
+
+    res = json.loads(Path(cache).read_text())
+    pop = res["all_1crop_population"]["key"]["pop_batches"]
+    train = recipe_config(SINGLE, scale)["train"]
+    meta = evaluation_meta(res, pop) | {"train": {k: train[k] for k in ("steps", "batch_size")}, "seed": 1}
+    meta["runs"] = [{"run": run, "experiment": exp, "seed": 1, "status": "complete", "diverged_at": None,
+                     "steps": train["steps"], "wall_s": None, "identity": None,
+                     "provenance": "not checked: built from evaluations.json, the runs are not on this machine"}
+                    for run, exp in meta["members"].items()]
+    meta |= {"excluded": [], "missing_seeds": {}, "recipe_identity": {}}
+    return evaluation_rows(res, 1, train["steps"]), meta
+
+
+def error_drop(long: Long, a: str, b: str):
+    """Error of `a` minus error of `b` (points) with a 95% normal interval over the n test images,
+    se = sqrt(p_a(1-p_a)/n + p_b(1-p_b)/n): the pairing is ignored, so it is wider than exact."""
+    pa, pb, n = long.value(a, "top1_error") / 100, long.value(b, "top1_error") / 100, long.value(a, "n_images")
+    se = 100 * math.sqrt(pa * (1 - pa) / n + pb * (1 - pb) / n)
+    return normal_interval(100 * (pa - pb), se, f"normal interval over {n:,.0f} images")
+
+
+def pop_ema_pairs(long: Long, meta: dict) -> list[tuple[str, float, float]]:
+    """(network, EMA top-1, population top-1) for each of the seven networks, single crop."""
+    out = []
+    for run, exp in meta["members"].items():
+        ema = long.value(run, "top1_error/single_1crop") if exp == SINGLE else long.value(run, "top1_error/ensemble_1crop")
+        out.append((exp, ema, long.value(run, "top1_error/all_1crop_population")))
+    return sorted(out)
+
+
+def measure(claim: dict, long: Long, meta: dict) -> dict:
     if claim["statistic"] == "error_drop":
-        return err[claim["a"]] - err[claim["b"]]
-    ema = {m["run_dir"]: m["top1_error"] for k in ("single_1crop", "ensemble_1crop") for m in res[k]["result"]["per_model"]}
-    pop = {m["run_dir"]: m["top1_error"] for m in res["all_1crop_population"]["result"]["per_model"]}
-    return float(np.mean([abs(pop[d] - ema[d]) for d in pop]))
+        return {"seeds": [f"seed {meta['seed']}"], "summary": error_drop(long, claim["a"], claim["b"])}
+    pairs = pop_ema_pairs(long, meta)
+    return {"seeds": [e for e, _, _ in pairs], "summary": summarize([abs(p - e) for _, e, p in pairs])}
 
 
-def plot(res: dict, path: Path) -> None:
+def plot(long: Long, path: Path) -> None:
     names = ["single_1crop", "single_10crop", "single_144crop", "ensemble_1crop", "ensemble_144crop"]
     labels = ["1 net\n1 crop", "1 net\n10 crops", "1 net\n144 crops", "6 nets\n1 crop", "6 nets\n144 crops"]
-    ours = [res[n]["result"]["top1_error"] for n in names]
+    ours = [long.value(n, "top1_error") for n in names]
     paper = [PAPER.get(n, (np.nan,))[0] for n in names]
     fig, ax = plt.subplots(figsize=(7, 3.8))
     x = np.arange(len(names))
@@ -82,20 +153,10 @@ def plot(res: dict, path: Path) -> None:
 DEFAULT_LIMIT = {"smoke": 2000, "cpu": 2000}
 
 
-def build(runs_dir: Path, scale: str, out_root: Path, claims_path: Path, limit: int | None = None,
-          pop_batches: int = 100) -> Path:
-    """Evaluate (or reuse cached evaluations of) BN-x30 and the six members; write results/fig4/<scale>/."""
-    limit = limit or DEFAULT_LIMIT.get(scale)
-    runs = load_runs(runs_dir, [SINGLE, *MEMBERS], scale)
-    single = [str(runs[SINGLE][0].path)]
-    members = [str(runs[m][0].path) for m in MEMBERS]
-    out = out_root / "fig4" / scale
-    res = run_evaluations({"single": single, "members": members, "all": single + members},
-                          out / "evaluations.json", limit, pop_batches)
-    plot(res, out / "fig4.png")
-
-    r = {k: v["result"] for k, v in res.items()}
-    k5 = r["single_1crop"]["top5_k"]
+def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
+    scale = meta["scale"]
+    plot(long, out / "fig4.png")
+    k5, data, classes, n = meta["top5_k"], meta["data"], meta["num_classes"], int(long.value("single_1crop", "n_images"))
     rows = []
     for name, label, (crops, models) in [
         ("single_1crop", "BN-Inception single crop (BN-x30)", (1, 1)),
@@ -104,57 +165,47 @@ def build(runs_dir: Path, scale: str, out_root: Path, claims_path: Path, limit: 
         ("ensemble_144crop", "BN-Inception ensemble", (144, 6))]:
         p = PAPER.get(name)
         rows.append([label, crops, models, f"{p[0]}%" if p else "—", f"{p[1]}%" if p else "—",
-                     f"{r[name]['top1_error']:.2f}%", f"{r[name]['top5_error']:.2f}%"])
-
-    ema = {m["run_dir"]: m for k in ("single_1crop", "ensemble_1crop") for m in r[k]["per_model"]}
-    pop_rows = []
-    for m in r["all_1crop_population"]["per_model"]:
-        audit = m.get("bn_audit", [])
-        dmean = np.mean([a["dmean_mean"] for a in audit]) if audit and "dmean_mean" in audit[0] else float("nan")
-        dlv = np.mean([a["dlogvar_mean"] for a in audit]) if audit and "dlogvar_mean" in audit[0] else float("nan")
-        pop_rows.append([m["experiment"], f"{ema[m['run_dir']]['top1_error']:.2f}%", f"{m['top1_error']:.2f}%",
-                         fmt(float(dmean), 3), fmt(float(dlv), 3)])
-    gaps = [ema[m["run_dir"]]["top1_error"] - m["top1_error"] for m in r["all_1crop_population"]["per_model"]]
-    member_rows = [[m["experiment"], f"{m['top1_error']:.2f}%"] for m in r["ensemble_144crop"]["per_model"]]
-
-    claim_rows = []
-    for c in load_claims(claims_path):
-        v = measure(c, res)
-        claim_rows.append([c["id"], c["paper"], fmt(v), f"{c['op']} {c['threshold']}", verdict(v, c["op"], c["threshold"])])
-
-    first = runs[SINGLE][0]
-    data, n = first.summary["data"], r["single_1crop"]["n_images"]
-    classes = r["single_1crop"]["num_classes"]
+                     f"{long.value(name, 'top1_error'):.2f}%", f"{long.value(name, 'top5_error'):.2f}%"])
+    runs = {exp: run for run, exp in meta["members"].items()}
+    pop_rows = [[exp, f"{ema:.2f}%", f"{pop:.2f}%", fmt(long.value(runs[exp], "dmean_mean/all_1crop_population"), 3),
+                 fmt(long.value(runs[exp], "dlogvar_mean/all_1crop_population"), 3)] for exp, ema, pop in pop_ema_pairs(long, meta)]
+    gaps = [ema - pop for _, ema, pop in pop_ema_pairs(long, meta)]
+    member_rows = [[exp, f"{long.value(runs[exp], 'top1_error/ensemble_144crop'):.2f}%"] for exp in MEMBERS]
+    results = [{"claim": c, **measure(c, long, meta)} for c in ledger["claims"]]
     subset = (f"All rows use the **first {n:,} of {data['n_test']:,} test images** (`--limit`: 144 views "
               "of 7 networks on every image would take most of an hour on 2 cores)" if n < data["n_test"]
               else f"All rows use all **{n:,} test images**")
     few_classes = f"; with {classes} classes it is near zero" if classes < 100 else ""
-    text = f"""# Figure 4 — multi-crop, ensemble, and population statistics ({scale} scale)
+    return f"""# Figure 4 — multi-crop, ensemble, and population statistics ({scale} scale)
 
 Reproduces the BN-Inception rows of Figure 4 of Ioffe & Szegedy (2015) (facts §6) and compares
 inference with moving averages against Alg. 2's population statistics. Built by
-`python -m repro.report fig4 --scale {scale}` from the runs under `{runs_dir}` (evaluations cached in
-`evaluations.json`).
+`python -m repro.report fig4 --scale {scale}` (evaluations cached in `evaluations.json`); every number
+below is re-derived from `runs.csv` and `meta.json` beside this file by `python -m repro.report verify`.
 
 ## What was run
-- Networks: BN-x30 (`{Path(single[0]).name}`) as the single network, and six ensemble members,
+- Networks: BN-x30 (`{meta['single']}`) as the single network, and six ensemble members,
   each BN-x30 changed by some of larger initial conv weights, dropout 5%/10% and per-activation BN in
   the last hidden layer(s) (`conf/experiment/ensemble_*.yaml`; the assignment is our choice, §4.2.3
-  does not give it). Each trained at {scale} scale: {first.config['train']['steps']:,} steps of
-  {first.config['train']['batch_size']}, seed {first.seed}.
+  does not give it). Each trained at {scale} scale: {meta['train']['steps']:,} steps of
+  {meta['train']['batch_size']}, seed {meta['seed']}.
 - Data: {data['dataset']}, {data['source']}. {subset}; the paper used ImageNet's 50,000 validation
   images. Top-{k5} error is reported as top-5 is on ImageNet{few_classes}.
 - Views: `repro/crops.py` — 10 = 4 corners + center at scale 256/224, mirrored; 144 = GoogLeNet's
-  4 scales x 3 squares x 6 crops x 2 mirrors, with the scales set relative to the {r['single_1crop']['crop_size']} px input
+  4 scales x 3 squares x 6 crops x 2 mirrors, with the scales set relative to the {meta['crop_size']} px input
   (on square images the three squares coincide; the average over the 144 views equals that over the 48 distinct ones).
   Probabilities are averaged over views, then over networks (§4.2.3).
-- Population statistics: Alg. 2 over {pop_batches} training mini-batches of the training batch size,
+- Population statistics: Alg. 2 over {meta['pop_batches']} training mini-batches of the training batch size,
   variance x m/(m-1) with m = batch x height x width for conv layers.
 
+{runs_section(meta)}
 ## Claims
-The ledger `{claims_path}` fixed each statistic and threshold before the runs.
+One network per row and one seed, so the two error-drop claims take their interval over the test
+images (normal approximation, pairing ignored: wider than exact); the population claim is per network.
+The ledger's thresholds were fixed before the runs; its interval rule was added in commit
+`{(meta['ledger']['ledger_commit'] or '?')[:10]}`, thresholds unchanged{', after these evaluations were made' if not meta['recipe_identity'] else ''}.
 
-{md_table(['claim', 'paper', 'ours', 'criterion', 'verdict'], claim_rows)}
+{claims_section(results, previous=meta['previous'])}
 ## Figure 4 table (paper: ImageNet, 1000 classes; ours: {data['dataset']}, {classes} classes)
 {md_table(['model', 'crops', 'models', 'paper top-1', 'paper top-5', 'ours top-1', f'ours top-{k5}'], rows)}
 ![Figure 4](fig4.png)
@@ -172,8 +223,6 @@ as later work found (Wu & Johnson 2021, PreciseBN; facts §8).
 
 ## Deviations from the paper
 - Scale and data: see "What was run"; differences of a fraction of a point are within the noise of {n:,} images (±{100 * np.sqrt(0.1 * 0.9 / n):.1f} points at 10% error, one standard error).
-- The paper's ensemble members each trained ~6M steps on ImageNet; ours {first.config['train']['steps']:,} steps.
+- The paper's ensemble members each trained ~6M steps on ImageNet; ours {meta['train']['steps']:,} steps.
 - Which members got which modification, the init scale (x2) and the per-activation BN depth are our choices.
 """
-    write_text(out / "report.md", text)
-    return out

@@ -1,0 +1,173 @@
+"""Which recorded runs a report may use: those whose identity (resolved config without seed, run
+directory and logger keys) equals the figure's recipe at that scale. Every other candidate is listed
+with the reason, an unfinished run with its last step, a missing seed is said; a diverged run is
+kept (divergence is an outcome). Never a silent substitution.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from repro import records
+from repro.errors import ReproError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+@dataclass
+class Run:
+    """One recorded run as its files say."""
+
+    path: Path
+    config: dict
+    env: dict
+    summary: dict | None  # None: the run never finished
+    metrics: list[dict] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def experiment(self) -> str:
+        return self.config["experiment"]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    @property
+    def identity(self) -> str:
+        return records.identity_hash(self.config)
+
+    @property
+    def last_step(self) -> int:
+        return self.metrics[-1]["step"] if self.metrics else 0
+
+    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = [(r["step"], r[key]) for r in self.metrics if key in r]
+        steps, values = zip(*rows) if rows else ((), ())
+        return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
+
+
+def read_run(d: Path) -> Run:
+    summary = d / "summary.json"
+    metrics = d / "metrics.jsonl"
+    env = d / "env.json"
+    return Run(d, yaml.safe_load((d / "config.yaml").read_text()), json.loads(env.read_text()) if env.exists() else {},
+               json.loads(summary.read_text()) if summary.exists() else None,
+               records.read_jsonl(metrics) if metrics.exists() else [])
+
+
+def recipe_config(experiment: str, scale: str, overrides: tuple[str, ...] = ()) -> dict:
+    """The resolved config `python -m repro.train experiment=<e> scale=<s> <overrides>` would run."""
+    from repro.config import compose
+
+    return records.config_dict(compose([f"experiment={experiment}", f"scale={scale}", *overrides]))
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}
+    return out
+
+
+def differing_keys(config: dict, recipe: dict) -> list[str]:
+    """`key=run value (recipe: value)` for each identity key where a run departs from the recipe."""
+    a, b = _flat(records.identity_dict(config)), _flat(records.identity_dict(recipe))
+    return [f"{k}={a.get(k, '(absent)')} (recipe: {b.get(k, '(absent)')})" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+@dataclass
+class Selection:
+    runs: dict[str, list[Run]]  # experiment -> the runs used, by seed
+    excluded: list[str]  # "run name: reason", one per candidate left out
+    missing: dict[str, list[int]]  # experiment -> seeds that other experiments have and it lacks
+    identity: dict[str, str]  # experiment -> the recipe's identity hash
+
+
+def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: tuple[str, ...] = ()) -> Selection:
+    """The runs of `experiments` at `scale` under `runs_dir` that match the recipe, and why the others do not."""
+    recipes = {e: recipe_config(e, scale, overrides) for e in experiments}
+    identity = {e: records.identity_hash(c) for e, c in recipes.items()}
+    chosen: dict[tuple[str, int], Run] = {}
+    excluded = []
+    for cfg_path in sorted(Path(runs_dir).glob("*/config.yaml")):
+        run = read_run(cfg_path.parent)
+        if run.experiment not in experiments or run.config.get("scale", {}).get("name") != scale:
+            continue  # another figure's or another scale's run: not a candidate
+        if run.identity != identity[run.experiment]:
+            diff = differing_keys(run.config, recipes[run.experiment])
+            excluded.append(f"{run.name}: settings differ from the recipe: {'; '.join(diff[:6])}"
+                            + (f" and {len(diff) - 6} more" if len(diff) > 6 else ""))
+        elif run.summary is None:
+            excluded.append(f"{run.name}: unfinished (last recorded step {run.last_step:,})")
+        else:
+            key = (run.experiment, run.seed)
+            if key in chosen:  # the same settings and seed twice: keep the later, say so
+                excluded.append(f"{chosen[key].name}: same settings and seed as {run.name}, which is used")
+            chosen[key] = run
+    runs = {e: sorted((r for (x, _), r in chosen.items() if x == e), key=lambda r: r.seed) for e in experiments}
+    absent = [e for e, rs in runs.items() if not rs]
+    if absent:
+        raise ReproError(f"no finished {scale}-scale runs of {absent} with the recipe's settings under {runs_dir}"
+                         + (f" ({len(excluded)} excluded: {'; '.join(excluded[:3])})" if excluded else "")
+                         + f": run them first (e.g. python -m repro.train -m experiment={','.join(absent)} scale={scale})")
+    seeds = sorted({r.seed for rs in runs.values() for r in rs})
+    missing = {e: [s for s in seeds if s not in {r.seed for r in rs}] for e, rs in runs.items()}
+    return Selection(runs, excluded, {e: m for e, m in missing.items() if m}, identity)
+
+
+def recipe_problems(run_dirs: list[Path]) -> list[str]:
+    """For `repro.evaluate`: each given run that is unfinished or departs from its experiment's recipe
+    at its scale, with the reason."""
+    problems = []
+    for d in map(Path, run_dirs):
+        if not (d / "config.yaml").exists():
+            continue  # not a run directory: evaluate says so
+        r = read_run(d)
+        if r.summary is None:
+            problems.append(f"{r.name} is unfinished (last recorded step {r.last_step:,})")
+            continue
+        diff = differing_keys(r.config, recipe_config(r.experiment, r.config["scale"]["name"]))
+        if diff:
+            problems.append(f"{r.name} departs from the {r.experiment} recipe: {'; '.join(diff[:4])}")
+    return problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Ledger discipline: did every run start after the ledger was committed, on a clean tree?
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=CONF_DIR.parent, timeout=10)
+
+
+def ledger_provenance(claims_path: Path, runs: list[Run]) -> dict:
+    """The ledger's last commit, and for each run whether its recorded commit contains that one and was clean."""
+    path = Path(claims_path).resolve()
+    log = _git("log", "-1", "--format=%H %cI", "--", str(path))
+    ledger, date = (log.stdout.split() + [None, None])[:2] if log.returncode == 0 and log.stdout.strip() else (None, None)
+    edited = bool(_git("status", "--porcelain", "--", str(path)).stdout.strip())
+    out = {"ledger_commit": ledger, "ledger_date": date, "ledger_edited": edited, "runs": {}}
+    for r in runs:
+        commit = r.env.get("git_commit") or ""
+        sha, dirty = commit.removesuffix("-dirty"), commit.endswith("-dirty")
+        if not sha:
+            state = "no commit recorded"
+        elif ledger and _git("merge-base", "--is-ancestor", ledger, sha).returncode == 0:
+            state = "after the ledger, dirty tree" if dirty else "after the ledger, clean tree"
+        elif _git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
+            state = "commit unknown to this repository"
+        else:
+            state = "before the ledger" + (", dirty tree" if dirty else "")
+        out["runs"][r.name] = {"commit": commit, "state": state}
+    return out

@@ -1,0 +1,204 @@
+"""Verdict logic with known answers, each figure's statistics on synthetic curves, run selection by
+identity, and `verify` on committed-style report data."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from repro import records
+from repro.report import Long, fig1, fig2, read_long, write_long
+from repro.report.pipeline import build, verify
+from repro.report.runs import read_run, recipe_config, select_runs
+from repro.report.stats import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    REPRODUCED,
+    plateau_gain,
+    steps_to_reach,
+    summarize,
+    value_at,
+    verdict,
+)
+from repro.train import run
+from tests.conftest import ROOT
+
+FIG1_CLAIMS = ROOT / "results" / "fig1" / "claims.yaml"
+
+# ----------------------------------------------------------------------------------------------
+# stats.py
+
+
+def test_steps_to_reach_interpolates_and_handles_the_edges():
+    steps, acc = np.array([100.0, 200.0, 300.0]), np.array([0.5, 0.7, 0.9])
+    assert steps_to_reach(steps, acc, 0.8) == pytest.approx(250.0)
+    assert steps_to_reach(steps, acc, 0.4) == 100.0  # already there at the first evaluation: that step
+    assert steps_to_reach(steps, acc, 0.95) == math.inf  # never reached
+    assert steps_to_reach(steps, acc, 0.9) == 300.0
+
+
+def test_value_at_is_nan_outside_the_recorded_steps():
+    steps, acc = np.array([0.0, 100.0]), np.array([0.1, 0.3])
+    assert value_at(steps, acc, 50) == pytest.approx(0.2) and math.isnan(value_at(steps, acc, 101))
+
+
+def test_summary_uses_the_sample_std_and_a_t_interval():
+    s = summarize([1.0, 2.0, 3.0])
+    assert s.mean == 2.0 and s.std == pytest.approx(1.0)  # ddof=1 (ddof=0 would give 0.816)
+    assert (s.lo, s.hi) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
+    one = summarize([0.7])
+    assert math.isnan(one.std) and math.isnan(one.lo)
+
+
+@pytest.mark.parametrize("values, op, threshold, expected", [
+    ([3.5, 3.6, 3.7], ">=", 3.0, REPRODUCED),  # 3.6 ± 0.25
+    ([2.1, 2.2, 2.3], ">=", 3.0, NOT_REPRODUCED),
+    ([0.527, 0.524, 0.451], ">=", 0.5, INCONCLUSIVE),  # the mean misses 0.5, but the interval straddles it
+    ([0.101, 0.103, 0.102], "<=", 0.15, REPRODUCED),
+    ([math.inf, math.inf, 2.0], ">", 1.0, REPRODUCED),  # no t-interval: every seed on the claim's side
+    ([math.inf, 0.5, 2.0], ">", 1.0, INCONCLUSIVE),
+    ([0.9], ">", 0.0, INCONCLUSIVE),  # one value: no interval
+])
+def test_verdicts(values, op, threshold, expected):
+    assert verdict(summarize(values), op, threshold) == expected
+
+
+def test_a_failed_precondition_makes_a_claim_not_testable():
+    assert verdict(summarize([5.0, 6.0, 7.0]), ">=", 3.0, testable=False) == NOT_TESTABLE
+
+
+def test_plateau_gain():
+    assert plateau_gain(np.array([0.1, 0.5, 0.6, 0.6, 0.6]), 2) == pytest.approx(0.0)
+    assert plateau_gain(np.array([0.1, 0.5, 0.6, 0.7, 0.8]), 2) == pytest.approx(0.2)
+    assert plateau_gain(np.array([0.5, 0.6]), 2) == math.inf  # too short to tell
+
+
+# ----------------------------------------------------------------------------------------------
+# Each figure's statistics on synthetic curves
+
+
+def _fig2_meta_and_long(curves: dict[str, dict[int, list[float]]]) -> tuple[dict, Long]:
+    rows, runs = [], []
+    for v, seeds in curves.items():
+        for seed, acc in seeds.items():
+            name = f"{v}-s{seed}"
+            runs.append({"run": name, "experiment": v, "seed": seed})
+            rows += [(name, seed, 100 * i, "test_acc", a) for i, a in enumerate([0.1, *acc])]
+    return {"runs": runs}, Long(rows)
+
+
+def test_fig2_statistics_per_seed_on_synthetic_curves():
+    flat = [0.3] * 8
+    curves = {v: {1: flat, 2: flat} for v in fig2.VARIANTS}
+    curves["inception"] = {1: [0.2, 0.3, 0.4, 0.5, 0.6, 0.6, 0.6, 0.6], 2: [0.2, 0.3, 0.4, 0.5, 0.5, 0.5, 0.5, 0.5]}
+    curves["bn_x5"] = {1: [0.5, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7], 2: [0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]}
+    curves["bn_x5_sigmoid"][3] = [0.4] * 8  # a seed Inception lacks: counts for max_acc, not for speed-ups
+    meta, long = _fig2_meta_and_long(curves)
+    st = fig2.seed_stats(fig2.seed_curves(long, meta))
+    assert fig2.measure({"statistic": "max_acc", "variant": "bn_x5_sigmoid"}, st) == ([1, 2, 3], [0.3, 0.3, 0.4])
+    assert fig2.measure({"statistic": "speedup", "variant": "bn_x5_sigmoid"}, st)[0] == [1, 2]
+    # seed 1: Inception first reaches its max 0.6 at step 500; BN-x5 at 150 (interpolated): 3.33x
+    # seed 2: max 0.5 at step 400; BN-x5 already above it at its first evaluation (step 100): 4x
+    seeds, speed = fig2.measure({"statistic": "speedup", "variant": "bn_x5"}, st)
+    assert seeds == [1, 2] and speed == pytest.approx([500 / 150, 4.0])
+    _, never = fig2.measure({"statistic": "speedup", "variant": "bn_baseline"}, st)
+    assert never == [0.0, 0.0]  # never reaches Inception's max
+    _, ratio = fig2.measure({"statistic": "speedup_ratio", "variant": "bn_x5", "other": "bn_baseline"}, st)
+    assert ratio == [math.inf, math.inf]
+    _, margin = fig2.measure({"statistic": "max_margin", "variant": "bn_x30"}, st)
+    assert margin == pytest.approx([0.3 - 0.7, 0.3 - 0.6])
+    ledger = {"preconditions": {"p": {"test": "plateau", "variants": ["inception"], "k": 3, "x": 0.005}}}
+    assert fig2.check_preconditions(ledger, fig2.seed_curves(long, meta))["p"]["holds"]
+    ledger["preconditions"]["p"]["k"] = 5  # seed 1 still gained 0.1 within the last 5 evaluations
+    assert not fig2.check_preconditions(ledger, fig2.seed_curves(long, meta))["p"]["holds"]
+
+
+def test_fig1_statistics_per_seed_on_synthetic_curves():
+    steps = [0, 500, 1000, 5000]
+    rows = []
+    for seed, base_acc, bn_acc in [(1, [0.1, 0.8, 0.9, 0.92], [0.1, 0.9, 0.93, 0.95]), (2, [0.1, 0.6, 0.8, 0.9], [0.1, 0.9, 0.9, 0.9])]:
+        for exp, acc, p50, half in [("b", base_acc, [0.0, 2.0, 1.0, 3.0], [1.0, 2.0, 1.0, 1.0]),
+                                    ("n", bn_acc, [0.0, 0.5, 0.5, 1.0], [1.0, 1.25, 1.0, 1.0])]:
+            rows += [(f"{exp}{seed}", seed, s, "test_acc", a) for s, a in zip(steps, acc)]
+            rows += [(f"{exp}{seed}", seed, s, f"probe_{q}/0", p + d * h) for s, p, h in zip(steps, p50, half)
+                     for q, d in (("p15", -1.0), ("p50", 0.0), ("p85", 1.0))]
+    long = Long(rows)
+    pairs = [(1, "b1", "n1"), (2, "b2", "n2")]
+    assert fig1.measure({"statistic": "acc_gap_at", "step": 5000}, long, pairs) == pytest.approx([0.03, 0.0])
+    # steps to 0.9: baseline 1000 and 5000, BN 500 and 500
+    assert fig1.measure({"statistic": "steps_ratio", "target": 0.9}, long, pairs) == pytest.approx([2.0, 10.0])
+    assert fig1.measure({"statistic": "median_drift_ratio"}, long, pairs) == pytest.approx([1 / 3, 1 / 3])
+    # spread p85 - p15: baseline 2, 4, 2, 2 (change 2); BN 2, 2.5, 2, 2 (change 0.5)
+    assert fig1.measure({"statistic": "spread_change_ratio"}, long, pairs) == pytest.approx([0.25, 0.25])
+
+
+# ----------------------------------------------------------------------------------------------
+# Run identity and selection; verify
+
+
+@pytest.fixture(scope="module")
+def fig1_runs(tmp_path_factory):
+    """Smoke-scale Figure 1 runs, both nets, seeds 1 and 2 (a few seconds each)."""
+    from tests.conftest import compose_config
+
+    runs_dir = tmp_path_factory.mktemp("fig1") / "runs"
+    for exp in ("fig1_baseline", "fig1_bn"):
+        for seed in (1, 2):
+            run(compose_config([f"experiment={exp}", "scale=smoke", f"seed={seed}", f"runs_dir={runs_dir}"]))
+    return runs_dir
+
+
+def test_identity_from_config_yaml_matches_the_recipe(fig1_runs):
+    r = read_run(next(fig1_runs.glob("fig1_bn-smoke-s2-*")))
+    assert r.identity == records.identity_hash(recipe_config("fig1_bn", "smoke")) == r.env["identity"]
+    assert r.identity == records.identity_hash(recipe_config("fig1_bn", "smoke", ("seed=7", "runs_dir=elsewhere")))
+
+
+def _claims_table(out) -> str:
+    text = (out / "report.md").read_text()
+    return text[text.index("## Claims"):text.index("## Test accuracy")]
+
+
+def test_report_refuses_a_mismatched_newer_run(fig1_runs, tmp_path):
+    clean = build("fig1", fig1_runs, "smoke", tmp_path / "a", FIG1_CLAIMS)
+    mixed_dir = tmp_path / "mixed"
+    shutil.copytree(fig1_runs, mixed_dir)
+    from tests.conftest import compose_config
+
+    run(compose_config(["experiment=fig1_bn", "scale=smoke", "seed=1", "train.steps=100", f"runs_dir={mixed_dir}"]))
+    unfinished = next(mixed_dir.glob("fig1_baseline-smoke-s2-*"))
+    shutil.copytree(unfinished, unfinished.with_name(unfinished.name + ".2"))
+    (unfinished.with_name(unfinished.name + ".2") / "summary.json").unlink()
+    mixed = build("fig1", mixed_dir, "smoke", tmp_path / "b", FIG1_CLAIMS)
+    assert _claims_table(mixed) == _claims_table(clean)  # the same numbers as without the stray runs
+    excluded = json.loads((mixed / "meta.json").read_text())["excluded"]
+    assert len(excluded) == 2
+    assert any("fig1_bn-smoke-s1-" in x and "train.steps=100 (recipe: 300)" in x for x in excluded)
+    assert any(".2: unfinished (last recorded step 300)" in x for x in excluded)
+    assert "- excluded: fig1_bn-smoke-s1-" in (mixed / "report.md").read_text()
+
+
+def test_missing_seed_is_said(fig1_runs, tmp_path):
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(fig1_runs, runs_dir)
+    shutil.rmtree(next(runs_dir.glob("fig1_bn-smoke-s2-*")))
+    sel = select_runs(runs_dir, ["fig1_baseline", "fig1_bn"], "smoke")
+    assert sel.missing == {"fig1_bn": [2]} and [r.seed for r in sel.runs["fig1_bn"]] == [1]
+
+
+def test_verify_rebuilds_and_names_a_changed_number(fig1_runs, tmp_path):
+    results = tmp_path / "results"
+    out = build("fig1", fig1_runs, "smoke", results, FIG1_CLAIMS)
+    assert verify(results) == []
+    long = read_long(out / "runs.csv")
+    bn1 = next(r for r in {x[0] for x in long.rows} if r.startswith("fig1_bn-smoke-s1-"))
+    rows = [(r, s, t, m, v + 10.0 if (r, m, t) == (bn1, "probe_p50/0", 100) else v) for r, s, t, m, v in long.rows]
+    write_long(out / "runs.csv", rows)
+    problems = verify(results)
+    assert problems and all(str(out / "report.md") in p for p in problems)
+    assert any("median_drifts_less" in p for p in problems)  # named by its row
