@@ -125,8 +125,9 @@ def config_hash(cfg: Config) -> str:
 
 
 def identity_hash(d: dict) -> str:
-    """The run's identity: its resolved config without seed, run directory and logger keys. Runs of
-    one recipe at one scale share it, whatever their seed; computable from any run's config.yaml."""
+    """The run's identity: its resolved config without seed, run directory, logger keys and data
+    paths. Runs of one recipe at one scale share it, whatever their seed; computable from any run's
+    config.yaml."""
     return _hash(identity_dict(d))
 
 

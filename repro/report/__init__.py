@@ -163,7 +163,7 @@ def runs_section(meta: dict) -> str:
                  "on this machine. " + ledger, ""]
     else:
         lines = [f"Runs used: those under `{meta['runs_dir']}` whose identity (resolved config without seed, run "
-                 f"directory and logger keys) equals the recipe's at this scale" +
+                 f"directory, logger keys and data paths) equals the recipe's at this scale" +
                  (f" with `{' '.join(meta['overrides'])}`" if meta.get("overrides") else "") + ": "
                  + ", ".join(f"{e} `{h}`" for e, h in meta["recipe_identity"].items()) + ". " + ledger, ""]
     lines += [f"- used: {len(meta['runs'])} runs, seeds {sorted({r['seed'] for r in meta['runs']})}"]

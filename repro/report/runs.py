@@ -1,5 +1,5 @@
 """Which recorded runs a report may use: those whose identity (resolved config without seed, run
-directory and logger keys) equals the figure's recipe at that scale. Every other candidate is listed
+directory, logger keys and data paths) equals the figure's recipe at that scale. Every other candidate is listed
 with the reason, an unfinished run with its last step, a missing seed is said; a diverged run is
 kept (divergence is an outcome). Never a silent substitution.
 """
