@@ -62,7 +62,7 @@ bench: install ## Speed: Figure 1 job and the runner vs bare torch loops; our In
 	$(PY) scripts/bench_runner.py
 	$(PY) scripts/bench_models.py
 
-gpu-check: install ## On a GPU machine (~6 min): 224 px networks vs timm, runner vs bare loop, input pipeline, resume; writes results/gpu/<card>/
+gpu-check: install ## On a GPU machine (~6-9 min): 224 px networks vs timm, runner vs bare loop, input pipeline, resume; writes results/gpu/<card>/
 	PYTHON=$(PY) scripts/gpu_check.sh --out results/gpu
 
 lint: install ## ruff
