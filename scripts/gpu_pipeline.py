@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from repro import loaders
 from repro.config import compose
+from repro.data import idx_bytes, read_idx_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST_DIRS = (ROOT / ".gpu_data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
@@ -38,11 +38,6 @@ def _sync(device: torch.device) -> None:
 # Data: real Fashion-MNIST where it was carried or installed, else a random stand-in
 
 
-def _write_idx(path: Path, a: np.ndarray) -> None:
-    header = struct.pack(">BBBB", 0, 0, 8, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
-    path.write_bytes(gzip.compress(header + a.astype(np.uint8).tobytes(), compresslevel=1))
-
-
 def fashion_mnist(tmp: Path) -> dict:
     """A folder of the four Fashion-MNIST IDX files: the real ones if found, else random images."""
     for d in FMNIST_DIRS:
@@ -52,7 +47,8 @@ def fashion_mnist(tmp: Path) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for stem, n in zip(STEMS, (6000, 6000, 1000, 1000)):
-        _write_idx(d / f"{stem}.gz", rng.integers(0, 256, (n, 28, 28)) if "images" in stem else rng.integers(0, 10, n))
+        a = rng.integers(0, 256, (n, 28, 28)) if "images" in stem else rng.integers(0, 10, n)
+        (d / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(a), compresslevel=1))
     return {"dir": str(d), "real": False}
 
 
@@ -82,10 +78,8 @@ def make_folder(root: Path, fmnist: dict, sz) -> dict:
     """ImageNet layout (train/ and val/, one folder per class) of generated JPEGs. The training split
     lists each unique image `folder_links` times (hard links), so one pass is long enough to time the
     loader in steady state without generating thousands more files."""
-    from repro.data import _read_idx_dir
-
     t0 = time.time()
-    x_tr, y_tr, x_te, y_te = _read_idx_dir(Path(fmnist["dir"]), "check the Fashion-MNIST files")
+    x_tr, y_tr, x_te, y_te = read_idx_dir(Path(fmnist["dir"]), "check the Fashion-MNIST files")
     jobs, links = [], []
     for split, xs, ys, n in (("train", x_tr, y_tr, sz.folder_train), ("val", x_te, y_te, sz.folder_val)):
         # the first images of each class in turn, so every class has a folder in both splits

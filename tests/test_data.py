@@ -3,7 +3,6 @@
 import gzip
 import json
 import logging
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from repro import data
-from repro.data import load_splits, stratified_split
+from repro.data import idx_bytes, load_splits, stratified_split
 from repro.errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -36,10 +35,6 @@ class Cfg:
     debian_dir: str = str(DEBIAN_DIR)
 
 
-def _idx_bytes(a: np.ndarray) -> bytes:
-    return struct.pack(">HBB", 0, 0x08, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape) + a.tobytes()
-
-
 def _write_idx_dir(folder: Path, n_train=20, n_test=10, gz=True) -> dict[str, Path]:
     """Write four tiny valid IDX files (labels cycle 0..9) and return their paths by stem."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +46,7 @@ def _write_idx_dir(folder: Path, n_train=20, n_test=10, gz=True) -> dict[str, Pa
         }
         for stem, a in arrays.items():
             path = folder / (stem + (".gz" if gz else ""))
-            path.write_bytes(gzip.compress(_idx_bytes(a)) if gz else _idx_bytes(a))
+            path.write_bytes(gzip.compress(idx_bytes(a)) if gz else idx_bytes(a))
             paths[stem] = path
     return paths
 
@@ -219,7 +214,7 @@ def test_corrupt_idx_names_file(tmp_path, corrupt, match):
 
 def test_mismatched_image_and_label_counts(tmp_path):
     paths = _write_idx_dir(tmp_path, gz=False)
-    paths["t10k-labels-idx1-ubyte"].write_bytes(_idx_bytes(np.zeros(3, np.uint8)))
+    paths["t10k-labels-idx1-ubyte"].write_bytes(idx_bytes(np.zeros(3, np.uint8)))
     with pytest.raises(DataError, match="10 images but t10k-labels-idx1-ubyte has 3 labels"):
         load_splits(Cfg(name="fashion_mnist", source="debian", debian_dir=str(tmp_path)))
 
@@ -228,8 +223,8 @@ def test_mismatched_image_and_label_counts(tmp_path):
 def test_empty_or_wrong_size_idx_names_the_problem(tmp_path, shape, match):
     """Issue 11 case 6 (a zero-image test file with a valid header) and the 32x32 message."""
     paths = _write_idx_dir(tmp_path, gz=False)
-    paths["t10k-images-idx3-ubyte"].write_bytes(_idx_bytes(np.zeros(shape, np.uint8)))
-    paths["t10k-labels-idx1-ubyte"].write_bytes(_idx_bytes(np.zeros(shape[0], np.uint8)))
+    paths["t10k-images-idx3-ubyte"].write_bytes(idx_bytes(np.zeros(shape, np.uint8)))
+    paths["t10k-labels-idx1-ubyte"].write_bytes(idx_bytes(np.zeros(shape[0], np.uint8)))
     with pytest.raises(DataError, match=match):
         load_splits(Cfg(name="fashion_mnist", source="debian", debian_dir=str(tmp_path)))
 
