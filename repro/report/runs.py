@@ -15,9 +15,10 @@ import numpy as np
 import yaml
 
 from repro import records
+from repro.config import CONF_DIR
 from repro.errors import ReproError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+ROOT = Path(CONF_DIR).parent  # the repository: where git answers about ledgers
 
 
 @dataclass
@@ -148,7 +149,7 @@ def recipe_problems(run_dirs: list[Path]) -> list[str]:
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=CONF_DIR.parent, timeout=10)
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, timeout=10)
 
 
 def ledger_provenance(claims_path: Path, runs: list[Run]) -> dict:
