@@ -28,9 +28,11 @@ from repro.models import count_macs
 
 
 def make_step(model, size, in_chans, batch, device, amp, compile_=False, lr=0.01):
-    """One SGD training step (forward, backward, update) on fixed random data, channels_last."""
+    """One SGD training step (forward, backward, update) on fixed random data, channels_last.
+    `compile_`: False, True (torch.compile's default mode) or a torch.compile mode such as "reduce-overhead"."""
     model = model.to(device, memory_format=torch.channels_last).train()
-    forward = torch.compile(model) if compile_ else model
+    mode = compile_ if isinstance(compile_, str) else None
+    forward = torch.compile(model, mode=mode) if compile_ else model
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     x = torch.randn(batch, in_chans, size, size, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, model.num_classes, (batch,), device=device)

@@ -61,6 +61,12 @@ def networks(r: dict) -> str:
                                 f"{p['kernels_per_step']:.0f} kernels" if busy is not None else ""))
         tops = "; ".join(f"`{t['name'][:60]}` {t['ms_per_step']:.2f} ms" for t in p["top"][:5])
         prof.append(f"{head}. Largest: {tops}.")
+    if (g := nets.get("cudagraphs")) is not None:
+        eager = _row(nets, "bn_inception", g["batch"], False)
+        prof.append(f"- With `torch.compile(mode=\"reduce-overhead\")` (CUDA graphs: the step's kernels replayed "
+                    f"without per-kernel launches), bn_inception at batch {g['batch']} trains at "
+                    f"**{_f(g['images_s'])} img/s** ({g['images_s'] / eager['images_s']:.2f}x eager; first step "
+                    f"{g['first_step_s']:.0f} s), peak {_f(g['peak_gib'], 1)} GiB.")
     skipped = "".join(f"- {s}\n" for s in nets.get("skipped", []))
     if nets.get("compiled_separately"):
         skipped += ("\nThe compiled rows come from a second, compile-only invocation on the same machine right after "
@@ -182,12 +188,16 @@ def resume(r: dict) -> str:
         + "\n" + "\n".join(out[1:])
 
 
+def _mode(compile_: bool | str) -> str:
+    return f"compiled, {compile_}" if isinstance(compile_, str) else "compiled" if compile_ else "eager"
+
+
 def hours(r: dict) -> str:
     h = r.get("hours")
     if not h:
         return "Not computed (section 1 failed).\n"
     measured = (f"at the measured {h['measured_images_s']:,.0f} images/s (bn_inception, batch 32, "
-                f"{'compiled' if h['measured_compile'] else 'eager'}): **{h['measured_hours']:,.0f} GPU-hours** a variant "
+                f"{_mode(h['measured_compile'])}): **{h['measured_hours']:,.0f} GPU-hours** a variant "
                 f"({h['measured_hours'] / 8:,.1f} h on 8 GPUs)") if "measured_hours" in h else "not measured"
     return (f"The paper scale trains {h['images']:,.0f} images a variant (3.75M steps of 32 on each of 8 replicas). "
             f"`conf/recipe/imagenet/paper.yaml` assumed {h['assumed_images_s']:,.0f} images/s per GPU "

@@ -60,3 +60,20 @@ def test_committed_gpu_reports_rebuild_from_their_json():
     assert reports
     for path in reports:
         assert render(load(path)) == path.with_name("report.md").read_text(), f"{path.parent}: rerender differs"
+
+
+def test_report_shows_a_cuda_graphs_row():
+    """The reduce-overhead row (only a GPU run makes one) renders beside its eager batch, and the GPU-hours
+    estimate takes the fastest batch-32 row."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from gpu_check import hours, load
+    from gpu_report import render
+
+    r = load(ROOT / "results" / "gpu" / "nvidia-h200" / "gpu_check.json")
+    eager = next(x for x in r["networks"]["eager"]["bn_inception"] if x["batch"] == 32)
+    r["networks"]["cudagraphs"] = eager | {"compile": "reduce-overhead", "images_s": 2 * eager["images_s"]}
+    r["hours"] = hours(r["networks"])
+    text = render(r)
+    assert f"**{2 * eager['images_s']:,.0f} img/s** (2.00x eager" in text
+    assert r["hours"]["measured_images_s"] == 2 * eager["images_s"]
+    assert r["hours"]["measured_compile"] == "reduce-overhead"
