@@ -292,7 +292,8 @@ def card_slug(device) -> str:
 
 def load(path: Path) -> dict:
     """gpu_check.json, with the rows of a compile-only rerun on the same machine (compiled.json beside
-    it, {"compiled": {...}, "skipped": [...]}) in place of the ones the budget skipped."""
+    it, {"compiled": {...}, "skipped": [...]}) in place of the ones the budget skipped, and the raw results
+    of earlier runs of the check on this card (their own folders beside it, under `earlier`)."""
     result = json.loads(path.read_text())
     if "shapes" not in result and path.with_name("shapes.json").exists():  # computed on a CPU afterwards
         result["shapes"] = json.loads(path.with_name("shapes.json").read_text())
@@ -300,9 +301,12 @@ def load(path: Path) -> dict:
     if extra.exists() and "eager" in result.get("networks", {}):
         more, nets = json.loads(extra.read_text()), result["networks"]
         nets["compiled"] |= more["compiled"]
+        if more.get("cudagraphs"):
+            nets["cudagraphs"] = more["cudagraphs"]
         nets["skipped"] = [s for s in nets["skipped"] if not s.startswith("compile ")] + more["skipped"]
         nets["compiled_separately"] = True
         result["hours"] = hours(nets) | {k: v for k, v in result.get("hours", {}).items() if k.startswith("assumed")}
+    result["earlier"] = [json.loads(p.read_text()) for p in sorted(path.parent.glob("*/gpu_check.json"))]
     return result
 
 

@@ -56,7 +56,7 @@ def test_committed_gpu_reports_rebuild_from_their_json():
     from gpu_check import load
     from gpu_report import render
 
-    reports = sorted((ROOT / "results" / "gpu").glob("*/gpu_check.json"))
+    reports = sorted((ROOT / "results" / "gpu").rglob("gpu_check.json"))
     assert reports
     for path in reports:
         assert render(load(path)) == path.with_name("report.md").read_text(), f"{path.parent}: rerender differs"
