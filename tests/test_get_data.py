@@ -69,3 +69,26 @@ def test_canonical_checksums_are_the_published_ones():
         "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
         "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
     }
+
+
+def test_fashion_mnist_found_else_each_way_tried_in_turn(tmp_path):
+    debian, calls = tmp_path / "debian", []
+    assert get_data.fashion_mnist(tmp_path, debian, obtain=(calls.append, calls.append)) is None
+    assert calls == [tmp_path, tmp_path]  # neither way worked: both were tried, and the caller says so
+
+    def apt(_root):  # a way that works: later ways are not tried
+        debian.mkdir()
+        (debian / "train-images-idx3-ubyte.gz").write_bytes(b"")
+
+    calls.clear()
+    assert get_data.fashion_mnist(tmp_path, debian, obtain=(apt, calls.append)) == str(debian)
+    assert calls == []
+
+
+def test_make_data_without_fashion_mnist_says_what_to_run_and_succeeds(tmp_path, monkeypatch, capsys):
+    d, sums = _archive(tmp_path / "archive")
+    monkeypatch.setattr(get_data, "MD5", sums)
+    monkeypatch.setattr(get_data, "fashion_mnist", lambda root: None)
+    assert get_data.main(["--root", str(tmp_path / "data"), "--from", str(d)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1].startswith("Fashion-MNIST: not found") and "apt-get install dataset-fashion-mnist" in out[-1]
