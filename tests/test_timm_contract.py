@@ -18,6 +18,8 @@ from repro.config import DataConfig
 from repro.errors import ReproError
 from repro.loaders import folder_transforms
 from repro.models.inception import PerActivationBN
+from repro.train import build_model
+from tests.conftest import compose_config
 
 CONV_NETS = ["bn_inception", "inception_paper"]
 
@@ -95,6 +97,10 @@ def test_forward_intermediates_match_feature_hooks(name):
         getter = net(name, features_only=True, feature_cls="getter")
         got = getter(x)
         last2 = m.forward_intermediates(x, indices=2, intermediates_only=True)
+        pruned = net(name, features_only=True, feature_cls="getter", out_indices=(0, 1))  # prunes after conv2
+        first2 = pruned(x)
+    assert isinstance(pruned.model.inception_3a, nn.Identity) and isinstance(pruned.model.fc, nn.Identity)
+    assert len(first2) == 2 and all(torch.equal(a, b) for a, b in zip(first2, inter[:2], strict=True))
     assert [t.shape[1] for t in inter] == [f["num_chs"] for f in m.feature_info] == getter.feature_info.channels()
     for a, b, c in zip(inter, hooked, got, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
@@ -188,7 +194,11 @@ def _ensemble_member():
 def _same_in_train_and_eval(ref: nn.Module, conv: nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
         for mode in (True, False):  # train: batch statistics (and a running update); eval: running ones
-            torch.testing.assert_close(conv.train(mode)(x), ref.train(mode)(x))
+            outs = []
+            for m in (ref, conv):
+                torch.manual_seed(1)  # the same dropout mask (ensemble members keep 5-10% dropout)
+                outs.append(m.train(mode)(x))
+            torch.testing.assert_close(outs[1], outs[0])
     for (n, a), (_, b) in zip(ref.state_dict().items(), conv.state_dict().items(), strict=True):
         torch.testing.assert_close(b, a, msg=n)  # the same running updates
 
@@ -204,6 +214,16 @@ def test_sync_bn_conversion_keeps_per_activation_bn(convert):
     assert not any(isinstance(b, PerActivationBN) for b in conv.modules())
     assert sum(isinstance(b, PerActivationBN) for b in ref.modules()) == 14  # every norm of 5a and 5b
     _same_in_train_and_eval(ref, conv, torch.randn(4, 1, 28, 28))
+
+
+@pytest.mark.parametrize("member", [4, 5, 6])
+def test_sync_bn_ensemble_members_from_their_configs(member):
+    """The members that crashed under train.sync_bn=true, built by the runner from their experiment files."""
+    cfg = compose_config([f"experiment=ensemble_{member}", "scale=smoke"])
+    assert cfg.model.per_activation_bn
+    torch.manual_seed(0)
+    ref = build_model(cfg.model, in_chans=1, num_classes=10, img_size=28)
+    _same_in_train_and_eval(ref, nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(ref)), torch.randn(4, 1, 28, 28))
 
 
 def test_runner_sync_bn_path_in_a_one_process_group(tmp_path):

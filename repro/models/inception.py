@@ -18,13 +18,9 @@ output is 576 (and 4e's 1024 only follows from 576). `table` picks a reading:
   (11,178,336 parameters, 3.87 GFLOPs = 1.935 GMAC), which tests/test_inception.py reproduces.
 * `"caffe"`: the printed branch widths (pool proj 128), so 4c/4d output 608 and 4e 1056, as the Caffe port.
 
-timm's model API (tests/test_timm_contract.py runs timm's generic checks): `reset_classifier(0, "")` and
-`num_classes=0, global_pool=""` give the (B, C, H, W) map; `global_pool` is any of timm's adaptive
-pools (e.g. "catavgmax" doubles `head_hidden_size` and the fc input); `forward_intermediates` taps the
-`feature_info` maps (so `features_only=True, feature_cls="getter"` works); `set_grad_checkpointing()`
-recomputes each block in backward. The `pretrained_cfg` states what this pipeline feeds the net:
-pixels in [0, 1] with no mean/std normalization, center crop 224/256, and `first_conv` is the conv
-that sees the image (`conv1.dw` when separable).
+timm's model API as timm's generic tests check it (tests/test_timm_contract.py): `global_pool=""` with
+`num_classes=0` gives the (B, C, H, W) map, "catavgmax" widens the fc, `forward_intermediates` taps
+`feature_info`, `set_grad_checkpointing()`; `pretrained_cfg` states the pipeline's input ([0, 1] pixels).
 
 Choices the paper leaves open (facts §9); ours, each with its reason:
 * Padding is symmetric, so 224 halves exactly to 112/56/28/14/7, as both reference ports.
@@ -347,8 +343,7 @@ class Inception(nn.Module):
         take, last = feature_take_indices(len(names), indices)
         for name in self.block_names[self.block_names.index(names[last]) + 1:]:
             setattr(self, name, nn.Identity())
-        if last < len(names) - 1:  # the head was sized for the last map
-            self.num_features = self.feature_info[last]["num_chs"]
+        self.num_features = self.feature_info[last]["num_chs"]  # the map the head now sees
         if prune_head or last < len(names) - 1:
             self.reset_classifier(0, "")
         return take
