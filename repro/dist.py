@@ -11,6 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from repro.errors import ReproError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -92,6 +94,18 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def sync_batchnorm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """train.sync_bn (a step beyond the paper, whose BN statistics are per replica): every BN layer
+    normalizes with the statistics of the global batch. Per-activation BN survives the conversion
+    (the model flattens around it). Nothing to synchronize at world size 1."""
+    if not is_distributed():
+        return model
+    if device.type == "cpu":  # torch's SyncBatchNorm raises on CPU tensors at the first training step
+        raise ReproError("train.sync_bn=true needs GPUs: PyTorch's SyncBatchNorm cannot synchronize CPU tensors; "
+                         "drop train.sync_bn for a CPU (gloo) run")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def average_buffers(model: torch.nn.Module) -> None:

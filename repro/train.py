@@ -188,8 +188,8 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
     net = build_model(cfg.model, data.in_chans, data.num_classes, data.img_size).to(device)
     if t_cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    if t_cfg.sync_bn and dist.is_distributed():
-        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    if t_cfg.sync_bn:
+        net = dist.sync_batchnorm(net, device)
     optimizer = build_optimizer(net, cfg.optim)
     probe = SigmoidProbe(net, data.probe_x, t_cfg.probe_units) if t_cfg.probe_every and data.probe_x is not None else None
 

@@ -18,6 +18,10 @@ output is 576 (and 4e's 1024 only follows from 576). `table` picks a reading:
   (11,178,336 parameters, 3.87 GFLOPs = 1.935 GMAC), which tests/test_inception.py reproduces.
 * `"caffe"`: the printed branch widths (pool proj 128), so 4c/4d output 608 and 4e 1056, as the Caffe port.
 
+timm's model API as timm's generic tests check it (tests/test_timm_contract.py): `global_pool=""` with
+`num_classes=0` gives the (B, C, H, W) map, "catavgmax" widens the fc, `forward_intermediates` taps
+`feature_info`, `set_grad_checkpointing()`; `pretrained_cfg` states the pipeline's input ([0, 1] pixels).
+
 Choices the paper leaves open (facts §9); ours, each with its reason:
 * Padding is symmetric, so 224 halves exactly to 112/56/28/14/7, as both reference ports.
 * In-module average pools exclude the padding (TF-slim "SAME"); stride-2 pools are 3x3/2.
@@ -28,7 +32,9 @@ Choices the paper leaves open (facts §9); ours, each with its reason:
   hidden layers"): every norm layer inside the last k Inception modules (k <= 2: 5b, then 5a, both at
   the final resolution) normalizes each of the C*H*W activations separately (BatchNorm1d over the
   flattened map, one γ/β per activation) instead of per feature map, whatever `norm` says for the rest.
-  It needs `img_size`. `fold_bn` leaves these layers as they are (a per-position scale is no conv).
+  It needs `img_size`. The block flattens around the BN, so the BN itself is an ordinary BatchNorm1d
+  that SyncBatchNorm conversion keeps intact. `fold_bn` leaves these layers as they are (a
+  per-position scale is no conv).
 * `small_input` (a step beyond the paper, for 28-64 px): conv1 becomes 3x3/1 and pool1 is dropped, so
   28 px reaches 3a at 14x14 and the head at 4x4; all modules are the same.
 """
@@ -38,8 +44,9 @@ from math import gcd
 from typing import NamedTuple
 
 import torch
-from timm.layers import SelectAdaptivePool2d, create_norm_layer
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.layers import create_classifier, create_norm_layer
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices  # what timm's own models import
 from torch import nn
 
 __all__ = ["Inception", "make_norm", "PerActivationBN", "TABLES", "STEM"]
@@ -110,13 +117,15 @@ ACTS = {"relu": partial(nn.ReLU, inplace=True), "sigmoid": nn.Sigmoid}
 
 
 class PerActivationBN(nn.BatchNorm1d):
-    """§4.2.3 ensemble: non-convolutional BN, statistics and (γ, β) per activation, not per map."""
+    """§4.2.3 ensemble: non-convolutional BN, statistics and (γ, β) per activation, not per map.
+
+    It takes the flattened map (B, C*H*W); `ConvPerActBNAct` flattens around it. The reshape lives
+    outside the BN so that SyncBatchNorm.convert_sync_batchnorm (or timm's), which swaps every
+    _BatchNorm for a plain SyncBatchNorm, cannot drop it.
+    """
 
     def __init__(self, num_channels: int, hw: int, **kwargs):
         super().__init__(num_channels * hw * hw, **kwargs)
-
-    def forward(self, x):
-        return super().forward(x.flatten(1)).view(x.shape)
 
 
 class ConvNormAct(nn.Sequential):
@@ -134,6 +143,15 @@ class ConvNormAct(nn.Sequential):
             layers["norm"] = norm(cout)
         layers["act"] = act()
         super().__init__(layers)
+
+
+class ConvPerActBNAct(ConvNormAct):
+    """conv -> per-activation BN over the flattened map -> act (§4.2.3, the ensemble's last layers)."""
+
+    def forward(self, x):
+        x = self.conv(x)  # (B, C, H, W)
+        x = self.norm(x.flatten(1)).view(x.shape)  # (B, C*H*W): one statistic per activation
+        return self.act(x)
 
 
 class InceptionModule(nn.Module):
@@ -240,19 +258,30 @@ class Inception(nn.Module):
             mconv = conv
             if i >= len(rows) - per_activation_bn:  # last hidden layers: per-activation BN (§4.2.3)
                 norm_pa = partial(PerActivationBN, hw=final_hw, eps=bn_eps, momentum=bn_momentum)
-                mconv = partial(ConvNormAct, norm=norm_pa, act=ACTS[act])
+                mconv = partial(ConvPerActBNAct, norm=norm_pa, act=ACTS[act])
             module = InceptionModule(cin, row, mconv)
             setattr(self, f"inception_{name}", module)
             cin, reduction = module.out_chs, reduction * row.stride
             if i + 1 == len(rows) or rows[i + 1][1].stride == 2:
                 self.feature_info.append(dict(num_chs=cin, reduction=reduction, module=f"inception_{name}"))
 
-        self.num_features = self.head_hidden_size = cin
-        self.pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)  # avg pool 7x7/1 at 224
+        # forward_features' modules in execution order: forward_intermediates and checkpointing walk it
+        self.block_names = ("conv1", "pool1", "lrn1", "conv2", "lrn2", "pool2", *(f"inception_{n}" for n, _ in rows))
+        self.grad_checkpointing = False
+        self.num_features = cin
         # Dropout before the classifier: 40% in Inception (§4.2.3), removed in BN-x5/x30 (§4.2.1)
         self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self._set_head(num_classes, global_pool)  # pool (avg pool 7x7/1 at 224) and fc
         self._init_weights(init_scale)
+
+    def _set_head(self, num_classes: int, global_pool: str):
+        """timm's pool + linear classifier; a pool that concatenates (catavgmax) widens the fc input."""
+        if num_classes > 0 and not global_pool:
+            raise ValueError(f"global_pool='' keeps the (B, C, H, W) map, which a linear classifier cannot take: "
+                             f"pass num_classes=0 with it (got num_classes={num_classes})")
+        self.num_classes = num_classes
+        self.pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool)
+        self.head_hidden_size = self.num_features * self.pool.feat_mult()
 
     def _init_weights(self, init_scale: float = 1.0):
         """The paper gives no init (facts §9); ensemble members use larger conv weights (§4.2.3)."""
@@ -271,15 +300,57 @@ class Inception(nn.Module):
         return self.fc
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        self.num_classes = num_classes
-        if global_pool is not None:
-            self.pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._set_head(num_classes, self.pool.pool_type if global_pool is None else global_pool)
         if num_classes > 0:
             nn.init.normal_(self.fc.weight, std=0.01)
             nn.init.zeros_(self.fc.bias)
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        """Recompute each block in backward instead of storing it (timm's --grad-checkpointing).
+
+        BN layers run twice per step in train mode (forward, then the recomputation), so their running
+        statistics take two momentum updates from the same batch; the gradients are unchanged.
+        """
+        self.grad_checkpointing = enable
+
+    def _blocks(self, x, taps: set[str], stop: str | None):
+        """Run the blocks in order; (output, the outputs of the blocks named in `taps`)."""
+        taken = []
+        for name in self.block_names:
+            block = getattr(self, name)
+            x = checkpoint(block, x) if self.grad_checkpointing and torch.is_grad_enabled() else block(x)
+            if name in taps:
+                taken.append(x)
+            if name == stop:
+                break
+        return x, taken
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """timm's feature API: the `feature_info` maps (conv1, conv2, the last module at each resolution)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        names = [f["module"] for f in self.feature_info]
+        take, last = feature_take_indices(len(names), indices)
+        stop = names[last] if stop_early or intermediates_only else None
+        x, taken = self._blocks(x, {names[i] for i in take}, stop)
+        return taken if intermediates_only else (x, taken)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        """Drop the blocks after the last feature map kept (timm's FeatureGetterNet); the kept indices."""
+        names = [f["module"] for f in self.feature_info]
+        take, last = feature_take_indices(len(names), indices)
+        for name in self.block_names[self.block_names.index(names[last]) + 1:]:
+            setattr(self, name, nn.Identity())
+        self.num_features = self.feature_info[last]["num_chs"]  # the map the head now sees
+        if prune_head or last < len(names) - 1:
+            self.reset_classifier(0, "")
+        return take
+
     def forward_features(self, x):
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._blocks(x, set(), None)[0]
         # shapes for the default 224x224 input and table="slim" (caffe: 608 at 4c/4d, 1056 from 4e)
         x = self.conv1(x)  # (B, 64, 112, 112)
         x = self.pool1(x)  # (B, 64, 56, 56)
@@ -300,7 +371,7 @@ class Inception(nn.Module):
         return x
 
     def forward_head(self, x, pre_logits: bool = False):
-        x = self.pool(x)  # (B, 1024)
+        x = self.pool(x)  # (B, 1024); (B, 1024, 7, 7) with global_pool=""
         x = self.head_drop(x)
         return x if pre_logits else self.fc(x)  # (B, num_classes)
 
@@ -313,10 +384,13 @@ class Inception(nn.Module):
 
 
 def _cfg(**kwargs):
+    # What the pipeline feeds the net (repro.loaders): pixels scaled to [0, 1] and nothing subtracted
+    # (mean 0, std 1), validation resized to 256/224 of the crop then center-cropped (crop_pct 0.875),
+    # bilinear. first_conv is the conv that sees the image: the depthwise half of the separable conv1.
     return dict(
         url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-        interpolation="bilinear", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-        first_conv="conv1.conv", classifier="fc", **kwargs,
+        interpolation="bilinear", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+        first_conv="conv1.dw", classifier="fc", **kwargs,
     )
 
 
@@ -324,6 +398,8 @@ default_cfgs = generate_default_cfgs({"inception_paper": _cfg(), "bn_inception":
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> Inception:
+    if kwargs.get("conv1") == "plain":  # the image goes straight into conv1.conv
+        kwargs["pretrained_cfg_overlay"] = {"first_conv": "conv1.conv", **(kwargs.get("pretrained_cfg_overlay") or {})}
     return build_model_with_cfg(Inception, variant, pretrained, **kwargs)
 
 

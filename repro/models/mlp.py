@@ -3,12 +3,14 @@
 Each hidden layer computes y = g(Wu + b). With `norm="bn"` it computes y = g(BN(Wu)): BN sits
 immediately before the sigmoid and the bias b is dropped, since BN's mean subtraction cancels it
 and β takes its role (facts §1.3). The output layer has no BN (§2).
+
+timm's model API: `forward_features` gives the last hidden layer (B, 100), `forward_head` the logits;
+`num_classes=0` / `reset_classifier(0)` drop the output layer. The `pretrained_cfg` states what the
+pipeline feeds the net: 28x28 MNIST pixels scaled to [0, 1], nothing subtracted.
 """
 
-from __future__ import annotations
-
 import torch
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
 # §2: three fully connected hidden layers of 100 sigmoid units.
@@ -38,13 +40,14 @@ class HiddenLayer(nn.Module):
 class MLP(nn.Module):
     """Fully connected classifier; the input image is flattened."""
 
-    def __init__(self, in_features: int = 784, hidden=PAPER_HIDDEN, num_classes: int = 10,
+    def __init__(self, in_chans: int = 1, img_size: int = 28, hidden=PAPER_HIDDEN, num_classes: int = 10,
                  norm: str = "none", act: str = "sigmoid", init_std: float = 0.1):
         super().__init__()
-        widths = [in_features, *hidden]
+        widths = [in_chans * img_size * img_size, *hidden]
         self.hidden = nn.Sequential(*(HiddenLayer(a, b, norm, act) for a, b in zip(widths, widths[1:])))
-        self.head = nn.Linear(widths[-1], num_classes)
-        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = widths[-1]
+        self.num_classes, self.init_std = num_classes, init_std
+        self.head = nn.Linear(widths[-1], num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights(init_std)
 
     def _init_weights(self, std: float) -> None:
@@ -55,20 +58,36 @@ class MLP(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new output layer, drawn as the others were; there is no pooling to change."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            nn.init.normal_(self.head.weight, std=self.init_std)
+            nn.init.zeros_(self.head.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hidden(x.flatten(1))  # (B, 784) -> (B, 100)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x)  # (B, 10)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.flatten(1)  # (B, 784)
-        return self.head(self.hidden(x))  # (B, 10)
+        return self.forward_head(self.forward_features(x))
 
 
-# Arguments timm.create_model passes to every constructor; they mean nothing for this network.
-_TIMM_ARGS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+# What the pipeline feeds the net (repro.data): MNIST's 28x28 pixels divided by 255, nothing subtracted.
+default_cfgs = generate_default_cfgs({"mnist_mlp": dict(
+    url="", num_classes=10, input_size=(1, 28, 28), pool_size=None, crop_pct=1.0, interpolation="bilinear",
+    mean=(0.0,), std=(1.0,), first_conv="hidden.0.fc", classifier="head")})
 
 
 @register_model
-def mnist_mlp(pretrained: bool = False, in_chans: int = 1, img_size: int = 28, **kwargs) -> MLP:
+def mnist_mlp(pretrained: bool = False, **kwargs) -> MLP:
     """Figure 1's network; `norm="bn"` gives the BN variant."""
     if pretrained:
         raise ValueError("mnist_mlp has no pretrained weights")
-    for k in _TIMM_ARGS:
-        kwargs.pop(k, None)
-    return MLP(in_features=in_chans * img_size * img_size, **kwargs)
+    return build_model_with_cfg(MLP, "mnist_mlp", pretrained, **kwargs)
