@@ -36,6 +36,7 @@ report-fig1: install ## Rebuild the Figure 1 report from recorded runs
 
 FIG2 := inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid,inception_sigmoid
 reproduce-fig2: install ## Figures 2-3: the six Inception variants for SEEDS at SCALE, then results/fig2/SCALE/
+	$(PY) scripts/need_data.py experiment=bn_x30 scale=$(SCALE) "make $@"
 	$(PY) -m repro.train -m experiment=$(FIG2) scale=$(SCALE) seed=$(SEEDS) resume=auto runs_dir=$(RUNS) $(PARALLEL)
 	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS)
 
@@ -44,6 +45,7 @@ report-fig2: install ## Rebuild the Figures 2-3 report from recorded runs
 
 FIG4 := bn_x30,ensemble_1,ensemble_2,ensemble_3,ensemble_4,ensemble_5,ensemble_6
 reproduce-fig4: install ## Figure 4: BN-x30 and the six ensemble members at SCALE, then multi-crop/ensemble/population evaluation and results/fig4/SCALE/
+	$(PY) scripts/need_data.py experiment=bn_x30 scale=$(SCALE) "make $@"
 	$(PY) -m repro.train -m experiment=$(FIG4) scale=$(SCALE) seed=1 resume=auto runs_dir=$(RUNS) $(PARALLEL)
 	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS)
 
@@ -58,6 +60,7 @@ verify: install ## Rebuild every committed report from results/ alone; exit 1 na
 	$(PY) -m repro.report verify
 
 bench: install ## Speed: Figure 1 job and the runner vs bare torch loops; our Inception vs timm per MAC
+	$(PY) scripts/need_data.py experiment=bn_x30 scale=cpu "make bench (scripts/bench_runner.py)"
 	$(PY) scripts/bench_fig1.py
 	$(PY) scripts/bench_runner.py
 	$(PY) scripts/bench_models.py
