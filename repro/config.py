@@ -116,7 +116,8 @@ class WandbConfig:
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: str = "auto"  # auto (only on a terminal) | on | off
+    progress: str = "auto"  # console: auto (a bar for a single run on a terminal, else lines) | on (bar) | off
+    progress_every_s: float = 30.0  # seconds between progress lines (and the first and last step); 0: every logged step
 
 
 @dataclass
