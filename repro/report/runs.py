@@ -153,7 +153,7 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, timeout=10)
 
 
-# A citation in parentheses, "(facts §5)" or "(§4.2.2)": re-citing the paper does not change a ledger.
+# A citation in parentheses, "(§4.2.2)" or the notes-file form issue 12 replaced: re-citing does not change a ledger.
 _CITATION = re.compile(r"\((?:facts )?§[0-9.,§ -]+\)")
 
 
