@@ -67,7 +67,7 @@ lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/
 	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=cpu train.steps=10000 optim.lr=0.1,0.3,1.0,3.0,10.0 model.init_std=0.1,0.01 logger.wandb.mode=disabled resume=auto runs_dir=$(RUNS)/lr_sweep $(PARALLEL)
 	$(PY) -m repro.report lr-sweep --runs-dir $(RUNS)/lr_sweep --out $(OUT)
 
-test: install ## Run the test suite (CPU, a few minutes)
+test: install ## Run the test suite (CPU, ~12 min on 2 cores)
 	$(PY) -m pytest -q
 
 verify: install ## Rebuild every committed report from results/ alone; exit 1 naming each number that differs

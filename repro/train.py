@@ -159,7 +159,7 @@ def run(cfg: Config) -> dict:
         return _train(cfg, device, run_dir, held)
     except (ReproError, KeyboardInterrupt) as e:
         if held["log"] is not None:  # the console gets it from main(); the run's train.log gets it here
-            held["log"].write(f"error: {e}", logging.ERROR)
+            held["log"].write(f"error: {e or 'interrupted'}", logging.ERROR)
         if isinstance(e, KeyboardInterrupt):
             raise
         made = held["made"]
