@@ -175,7 +175,7 @@ by `python -m repro.report verify`.
 | optimizer | {cfg['optim']['name']}, lr {cfg['optim']['lr']}, momentum {cfg['optim']['momentum']}, Gaussian init std {cfg['model']['init_std']} — same for both nets (our choice; §4.1 gives none; see `results/fig1/lr_sweep.md`) |
 | seeds | without BN {seeds[BASE]}, with BN {seeds[BN]} |
 | evaluation | whole test set every {cfg['train']['eval_every']} steps; probe every {cfg['train']['probe_every']} steps: sigmoid inputs of {cfg['train']['probe_units']} last-hidden-layer units on {min(cfg['train']['probe_batch'], data['n_test'])} fixed test images |
-| hardware | {env['device']} ({env['device_name'] or 'cpu'}), torch {env['torch']}, {env['cpu_threads']} thread(s) per run (each run's wall time is in `meta.json`, not here: it is this machine's) |
+| hardware | {env['device']} ({env['device_name'] or 'cpu'}), torch {env['torch']}, {env['cpu_threads']} thread(s) per run (each run's wall time is in `meta.json`; it depends on the machine, so this file leaves it out) |
 
 {runs_section(meta)}
 ## Claims

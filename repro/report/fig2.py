@@ -190,7 +190,7 @@ number below is re-derived from `runs.csv` and `meta.json` beside this file by `
 | optimizer | SGD, momentum {o['momentum']}, base rate {o['lr']} (§4.2.2) x lr_mult; L2 {o['weight_decay']} x weight_decay_mult; exponential decay {o['decay_rate']} per {o['decay_steps']} steps x decay_speedup |
 | Inception's input pipeline | shuffle `{base_cfg['data']['shuffle']}`, photometric distortion {base_cfg['data']['distort']}; BN-x5/x30/x5-Sigmoid: `{cfg['data']['shuffle']}`, {cfg['data']['distort']} |
 | evaluation | single-crop top-1 on the {data['n_test']:,} validation images every {t['eval_every']} steps: speed-ups up to {grid_cap:.0f}x are resolved (interpolated between evaluations), larger ones are capped there |
-| hardware | {env['device']}, torch {env['torch']}, {env['cpu_threads']} thread(s) per run (each run's wall time is in `meta.json`, not here: it is this machine's) |
+| hardware | {env['device']}, torch {env['torch']}, {env['cpu_threads']} thread(s) per run (each run's wall time is in `meta.json`; it depends on the machine, so this file leaves it out) |
 
 {runs_section(meta)}
 ## Claims
