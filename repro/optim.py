@@ -30,10 +30,10 @@ def lr_at(step: int, cfg: OptimConfig) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (with momentum, as §3.1 for Inception) or Adam; L2 = weight_decay x weight_decay_mult.
+    """SGD (with momentum, as §4.2 for Inception) or Adam; L2 = weight_decay x weight_decay_mult.
 
     L2 applies to weights only, not to biases or BN's β/γ (1-d tensors), as TF-slim regularizes only
-    conv and FC weights (facts §3.3).
+    conv and FC weights (docs/paper-notes.md).
     """
     decay, no_decay = [], []
     for p in model.parameters():

@@ -28,10 +28,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
-from tqdm import tqdm
 
 import repro.models  # noqa: F401  (registers the paper's networks with timm)
-from repro import dist, loaders, records, resume, validate
+from repro import dist, loaders, progress, records, resume, validate
 from repro.config import CONF_DIR, Config, ModelConfig, register_configs, to_config
 from repro.data import DATASETS, load_splits
 from repro.errors import ReproError, failed
@@ -77,8 +76,8 @@ class Data:
             self.n_test, self.num_classes = len(val), len(train.classes)
             self.in_chans, self.img_size = 3, d.image_size
             self.describe = loaders.folder_describe(d, train, val)
-        log.info("data: %s, %d train / %d test images", self.describe["source"], self.describe["n_train"],
-                 self.describe["n_test"])
+            log.info("%s from %s: %d train / %d test images", d.name, self.describe["source"],
+                     self.describe["n_train"], self.describe["n_test"])  # in-memory datasets log theirs in repro.data
 
 
 class SigmoidProbe:
@@ -151,13 +150,18 @@ def run(cfg: Config) -> dict:
     if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
-    held = {"lock": None, "made": None}  # rank 0: the lock file it holds, the directory it created
+    # rank 0: the lock file it holds, the directory it created, the train.log it writes
+    held = {"lock": None, "made": None, "log": progress.RunLog() if dist.is_main() else None}
     try:
         if run_dir is not None and dist.is_main():
             held["lock"] = resume.acquire(run_dir)
             resume.remove_stale_temporaries(run_dir)
         return _train(cfg, device, run_dir, held)
-    except ReproError:
+    except (ReproError, KeyboardInterrupt) as e:
+        if held["log"] is not None:  # the console gets it from main(); the run's train.log gets it here
+            held["log"].write(f"error: {e or 'interrupted'}", logging.ERROR)
+        if isinstance(e, KeyboardInterrupt):
+            raise
         made = held["made"]
         if made is not None and not (made / "ckpt.pt").exists():  # a failed start leaves nothing behind
             log.info("removing %s: the run stopped before its first checkpoint", made)
@@ -165,6 +169,8 @@ def run(cfg: Config) -> dict:
         raise
     finally:
         resume.release(held["lock"])
+        if held["log"] is not None:
+            held["log"].close()
 
 
 def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) -> dict:
@@ -227,6 +233,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
             held["lock"] = resume.acquire(run_dir)
         env = records.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
         records.write_run_header(run_dir, cfg, env)
+        held["log"].open(run_dir)
         metrics = records.MetricsLog(run_dir, cfg, start if ckpt else None, wandb_id)
     run_dir = dist.broadcast_object(run_dir)
 
@@ -255,14 +262,15 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
                 rec["probe"] = p
         if metrics is not None:
             metrics.log(rec)
+        shown.update(rec)
         return rec
 
+    shown = progress.Progress(run_dir.name, t_cfg.steps, start, cfg.logger.progress, cfg.logger.progress_every_s,
+                              held["log"])
     t0 = time.perf_counter()
     if start == 0:
         observe(0, None)
     constant_lr = cfg.optim.schedule == "constant"
-    bar = tqdm(total=t_cfg.steps, initial=start, desc=run_dir.name, unit="step", dynamic_ncols=True,
-               disable=not dist.is_main() or (None if cfg.logger.progress == "auto" else cfg.logger.progress == "off"))
     status, diverged_at = "complete", None
     model.train()
     step = start
@@ -287,10 +295,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
                     first_bad = int((~torch.isfinite(window)).nonzero()[0]) + 1
                     status, diverged_at = "diverged", done - len(window) + first_bad
                     break
-                last = observe(done, window.mean().item())
-                bar.update(done - bar.n)
-                bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last.get('test_acc', float('nan')):.4f}",
-                                refresh=False)
+                observe(done, window.mean().item())
             if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done != t_cfg.steps:
                 checkpoint(done)  # on its own schedule, logging step or not (the loss window is saved too)
     except KeyboardInterrupt:
@@ -299,7 +304,8 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
                  f"no checkpoint was saved yet (train.checkpoint_every={t_cfg.checkpoint_every}), so a rerun "
                  f"starts over; {run_dir} can be deleted")
         raise Interrupted(f"interrupted at step {step}; {where}") from None
-    bar.close()
+    finally:
+        shown.close()
     if status == "complete":
         checkpoint(t_cfg.steps)
 

@@ -96,6 +96,7 @@ RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("train.device", ((lambda v, c: bool(_DEVICE.fullmatch(v))), "auto, cpu, cuda or cuda:N")),
     ("logger.wandb.mode", _one_of("offline", "online", "disabled")),
     ("logger.progress", _one_of("auto", "on", "off")),
+    ("logger.progress_every_s", _NON_NEGATIVE),
     ("scale.images_per_gpu_s", _NON_NEGATIVE),
 )]
 

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from need_data import main as need_data  # noqa: E402  (scripts/, beside this file, is on sys.path)
+
 import repro.models  # noqa: E402,F401
 from repro import records  # noqa: E402
 from repro.config import compose as compose_config  # noqa: E402
@@ -74,6 +76,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--experiment", default="bn_x30")
     args = parser.parse_args()
+    if need_data([f"experiment={args.experiment}", "scale=cpu", "scripts/bench_runner.py"]):
+        sys.exit(2)  # it said in one line what to run
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_config([f"experiment={args.experiment}", "scale=cpu", f"train.steps={args.steps}",
                               f"train.eval_every={args.steps}", f"train.log_every={args.warmup}",

@@ -14,6 +14,12 @@ from repro.config import compose as compose_config  # the typed Config the CLI w
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# The ImageNet-family smoke recipe (conf/recipe/imagenet/smoke.yaml) trains on the full MNIST in
+# torchvision's layout, which `make data` puts here; tests that need it skip, saying so, without it.
+DATA = ROOT / "data"
+MNIST_RAW = DATA / "MNIST" / "raw"
+NO_MNIST = f"{MNIST_RAW} absent: run `make data` (the full MNIST the ImageNet-family smoke tests train on)"
+needs_mnist = pytest.mark.skipif(not MNIST_RAW.is_dir(), reason=NO_MNIST)
 
 # Test tensors are tiny: one thread per process is faster than two fighting over 2 cores, and
 # subprocesses (CLI, torchrun) inherit it.
@@ -26,9 +32,16 @@ def smoke(tmp_path):
     """Compose a smoke-scale config writing under tmp_path."""
 
     def make(*overrides: str) -> Config:
-        return compose_config(["scale=smoke", f"runs_dir={tmp_path / 'runs'}", *overrides])
+        return compose_config(["scale=smoke", f"runs_dir={tmp_path / 'runs'}", *smoke_data(*overrides), *overrides])
 
     return make
+
+
+def smoke_data(*overrides: str) -> list[str]:
+    """`data.root` of the repository's data/ for an ImageNet-family smoke run (so tests find it from any
+    working directory); nothing for Figure 1's, whose recipe keeps its own sources."""
+    experiment = next((o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")), "fig1_bn")
+    return [] if experiment.startswith("fig1") else [f"data.root={DATA}"]
 
 
 def make_image_folder(root: Path, train: int = 12, val: int = 5, square_val: int = 0) -> Path:

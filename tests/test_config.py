@@ -32,7 +32,7 @@ def test_every_experiment_composes(experiment, scale):
 
 
 def test_fig1_protocol_matches_paper():
-    """§2: 3x100 sigmoid, batch 60, 50,000 steps, binary input; BN only in fig1_bn."""
+    """§4.1: 3x100 sigmoid, batch 60, 50,000 steps, binary input; BN only in fig1_bn."""
     for exp, norm in (("fig1_baseline", "none"), ("fig1_bn", "bn")):
         cfg = compose_config([f"experiment={exp}", "scale=cpu"])
         assert (cfg.train.steps, cfg.train.batch_size) == (50000, 60)
@@ -66,3 +66,21 @@ def test_missing_scale_recipe_names_options():
     with pytest.raises((ConfigCompositionException, ConfigKeyError)) as e:
         compose_config(["experiment=fig1_bn", "scale=nonexistent"])
     assert "nonexistent" in str(e.value)
+
+
+@pytest.mark.parametrize("scale", SCALES)
+def test_the_recorded_data_choice_is_the_data_that_runs(scale):
+    """Hydra's record of the data group (multirun.yaml, --info) names the dataset the recipe trains on;
+    only Figure 1's MNIST is binarized (§4.1)."""
+    from hydra import compose, initialize_config_dir
+
+    from repro.config import CONF_DIR, register_configs
+
+    register_configs()
+    for experiment in ("fig1_bn", "bn_x30"):
+        if not _recipe_exists("fig1" if experiment.startswith("fig1") else "imagenet", scale):
+            continue
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", [f"experiment={experiment}", f"scale={scale}"], return_hydra_config=True)
+        assert cfg.hydra.runtime.choices.data == cfg.data.name
+        assert cfg.data.binarize == experiment.startswith("fig1")

@@ -1,4 +1,4 @@
-"""Figure 4's views: 1 center crop, 10 = 5 crops + mirrors, GoogLeNet's 144 (facts §6)."""
+"""Figure 4's views: 1 center crop, 10 = 5 crops + mirrors, GoogLeNet's 144 (§4.2.3)."""
 
 from __future__ import annotations
 

@@ -16,11 +16,12 @@ from repro.loaders import InMemoryStream
 from repro.report import read_long
 from repro.report.pipeline import build
 from repro.train import run
-from tests.conftest import ROOT, compose_config, make_image_folder, run_killed_after
+from tests.conftest import DATA, ROOT, compose_config, make_image_folder, needs_mnist, run_killed_after
 
 VARIANTS = ["inception", "bn_baseline", "bn_x5", "bn_x30", "bn_x5_sigmoid", "inception_sigmoid"]
 
 
+@needs_mnist
 @pytest.mark.parametrize("experiment", VARIANTS)
 def test_every_variant_runs_two_steps_at_smoke(experiment, smoke):
     summary = run(smoke(f"experiment={experiment}"))
@@ -65,10 +66,11 @@ def test_fixed_batches_keep_their_members():
     assert set(full[:4]) != set(full[4:])
 
 
+@needs_mnist
 def test_resume_equals_uninterrupted_with_dropout(tmp_path):
     """bn_baseline keeps dropout 40%: the RNG and data position must both be restored."""
     ov = ["experiment=bn_baseline", "scale=smoke", "train.steps=6", "train.checkpoint_every=2",
-          "train.eval_every=3", "resume=auto"]
+          "train.eval_every=3", "resume=auto", f"data.root={DATA}"]
     full = run(compose_config([*ov, f"runs_dir={tmp_path / 'a'}"]))
     cfg = compose_config([*ov, f"runs_dir={tmp_path / 'b'}"])
     run_killed_after(cfg, 5)
@@ -87,9 +89,10 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@needs_mnist
 def test_two_process_gloo_run_writes_one_run(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "repro.train", "experiment=bn_x5", "scale=smoke", "train.steps=4", "data.limit_test=33",
+           "-m", "repro.train", "experiment=bn_x5", "scale=smoke", "train.steps=4", "data.limit_test=33", f"data.root={DATA}",
            f"runs_dir={tmp_path / 'runs'}", "logger.wandb.mode=offline", f"logger.wandb.dir={tmp_path / 'wandb'}"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -103,6 +106,7 @@ def test_two_process_gloo_run_writes_one_run(tmp_path):
     assert json.loads((run_dirs[0] / "env.json").read_text())["data"]["n_test"] == 33
 
 
+@needs_mnist
 def test_report_builds_from_recorded_runs(smoke, tmp_path):
     for v in VARIANTS:
         run(smoke(f"experiment={v}", "train.steps=4"))

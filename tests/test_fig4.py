@@ -9,7 +9,7 @@ import pytest
 from repro.report import fig4, read_long
 from repro.report.pipeline import build
 from repro.train import run
-from tests.conftest import ROOT, compose_config
+from tests.conftest import ROOT, compose_config, needs_mnist
 
 
 def test_members_are_bn_x30_with_the_paper_modifications():
@@ -26,6 +26,7 @@ def test_members_are_bn_x30_with_the_paper_modifications():
     assert mods == {"larger init", "per-activation BN"}
 
 
+@needs_mnist
 def test_report_builds_and_caches_evaluations(smoke, tmp_path):
     for e in fig4.MEMBERS + [fig4.SINGLE]:
         run(smoke(f"experiment={e}", "train.steps=3"))

@@ -69,7 +69,7 @@ def table_counts(table, separable=True, classes=1000):
 
 
 def weight_count(model):
-    """Conv weights plus FC weight and bias: the convention-independent count of facts §3.5."""
+    """Conv weights plus FC weight and bias: the convention-independent count in docs/paper-notes.md."""
     n = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Conv2d))
     return n + sum(p.numel() for p in model.fc.parameters())
 
@@ -90,7 +90,7 @@ def small(name, **kw):
 
 
 def test_table_counts_reproduce_published_figures():
-    # facts §3.5: TF-slim conv + FC weights 11,168,384 (+9,952 offsets = 11,178,336), 1.935 GMAC;
+    # docs/paper-notes.md: TF-slim conv + FC weights 11,168,384 (+9,952 offsets = 11,178,336), 1.935 GMAC;
     # Caffe topology (plain conv1) 11,265,192 weights, 2.03 GMAC.
     w, macs, normed = table_counts(SLIM)
     assert (w, w + normed) == (11_168_384, 11_178_336)

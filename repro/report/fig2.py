@@ -25,7 +25,7 @@ from repro.report import (
 )
 from repro.report.stats import plateau_gain, ratio, steps_to_reach, summarize
 
-# Figure 3 of the paper (facts §5): steps to 72.2% (Inception's max) and each net's max accuracy.
+# Figure 3 of the paper (§4.2.2): steps to 72.2% (Inception's max) and each net's max accuracy.
 PAPER = {
     "inception": ("Inception", 31.0e6, 0.722),
     "bn_baseline": ("BN-Baseline", 13.3e6, 0.727),
@@ -169,7 +169,6 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     ahead = sum(bnb_mean[list(bnb_steps).index(t)] > base_mean[list(base_steps).index(t)] for t in common)
     cfg, base_cfg, data, env = meta["config"], meta["base_config"], meta["data"], meta["env"]
     t, o, m = cfg["train"], cfg["optim"], cfg["model"]
-    wall = sum(r["wall_s"] for r in meta["runs"]) / 60
     grid_cap = max(st[s]["base_to_max"] for s in seeds) / t["eval_every"]
     plateau = pre.get("inception_plateaued")
     horizon = ("" if plateau is None or plateau["holds"] else
@@ -179,7 +178,7 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     return f"""# Figures 2 and 3 — the Inception variants ({scale} scale)
 
 Reproduces Figure 2 (validation accuracy vs training steps) and the Figure 3 table of Ioffe & Szegedy
-(2015) (facts §5). Built by `python -m repro.report fig2 --scale {scale} --runs-dir {meta['runs_dir']}`; every
+(2015) (§4.2.2). Built by `python -m repro.report fig2 --scale {scale} --runs-dir {meta['runs_dir']}`; every
 number below is re-derived from `runs.csv` and `meta.json` beside this file by `python -m repro.report verify`.
 
 ## What was run
@@ -191,7 +190,7 @@ number below is re-derived from `runs.csv` and `meta.json` beside this file by `
 | optimizer | SGD, momentum {o['momentum']}, base rate {o['lr']} (§4.2.2) x lr_mult; L2 {o['weight_decay']} x weight_decay_mult; exponential decay {o['decay_rate']} per {o['decay_steps']} steps x decay_speedup |
 | Inception's input pipeline | shuffle `{base_cfg['data']['shuffle']}`, photometric distortion {base_cfg['data']['distort']}; BN-x5/x30/x5-Sigmoid: `{cfg['data']['shuffle']}`, {cfg['data']['distort']} |
 | evaluation | single-crop top-1 on the {data['n_test']:,} validation images every {t['eval_every']} steps: speed-ups up to {grid_cap:.0f}x are resolved (interpolated between evaluations), larger ones are capped there |
-| hardware | {env['device']}, torch {env['torch']}, {env['cpu_threads']} thread(s) per run; {wall:.0f} min of training in all |
+| hardware | {env['device']}, torch {env['torch']}, {env['cpu_threads']} thread(s) per run (each run's wall time is in `meta.json`; it depends on the machine, so this file leaves it out) |
 
 {runs_section(meta)}
 ## Claims
@@ -214,7 +213,7 @@ Beyond the pre-registered statistics: on the mean curves BN-Baseline's accuracy 
 
 ## Deviations from the paper
 - Scale: {data['dataset']} at {data.get('image_size') or data['image_shape'][-1]} px and a width-{m['width']} network stand in for ImageNet at 224 px; {t['steps']:,} steps stand in for tens of millions. Speed-ups are relative to this run's own Inception.
-- Values the paper leaves open, our choices (facts §9): momentum {o['momentum']}; L2 base {o['weight_decay']}; decay {o['decay_rate']} every {o['decay_steps']} steps (steps / 30) for Inception and BN-Baseline; photometric distortion {base_cfg['data']['distort']} lightened to {cfg['data']['distort']}; He-normal init.
+- Values the paper leaves open, our choices (docs/paper-notes.md): momentum {o['momentum']}; L2 base {o['weight_decay']}; decay {o['decay_rate']} every {o['decay_steps']} steps (steps / 30) for Inception and BN-Baseline; photometric distortion {base_cfg['data']['distort']} lightened to {cfg['data']['distort']}; He-normal init.
 - §4.2.1 change 6 ("within-shard shuffling") is emulated: Inception and BN-Baseline keep each mini-batch's members together across passes (`fixed_batches`); BN-x5/x30 reshuffle fully every pass.
 - Synchronous SGD on {meta['world_size']} replica(s), not the paper's asynchronous DistBelief-style system.
 """

@@ -22,7 +22,7 @@ from repro.report.stats import normal_interval, summarize
 SINGLE = "bn_x30"
 MEMBERS = [f"ensemble_{i}" for i in range(1, 7)]
 EXPERIMENTS = [SINGLE, *MEMBERS]
-# Figure 4 of the paper (facts §6): top-1 / top-5 error (%), 50,000 ImageNet validation images.
+# Figure 4 of the paper (§4.2.3): top-1 / top-5 error (%), 50,000 ImageNet validation images.
 PAPER = {"single_1crop": (25.2, 7.82), "single_144crop": (21.99, 5.82), "ensemble_144crop": (20.1, 4.9)}
 # What is evaluated: name -> (networks, crops, BN statistics)
 EVALS = {
@@ -178,7 +178,7 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     few_classes = f"; with {classes} classes it is near zero" if classes < 100 else ""
     return f"""# Figure 4 — multi-crop, ensemble, and population statistics ({scale} scale)
 
-Reproduces the BN-Inception rows of Figure 4 of Ioffe & Szegedy (2015) (facts §6) and compares
+Reproduces the BN-Inception rows of Figure 4 of Ioffe & Szegedy (2015) (§4.2.3) and compares
 inference with moving averages against Alg. 2's population statistics. Built by
 `python -m repro.report fig4 --scale {scale}` (evaluations cached in `evaluations.json`); every number
 below is re-derived from `runs.csv` and `meta.json` beside this file by `python -m repro.report verify`.
@@ -219,7 +219,7 @@ Ensemble members, 144 crops each:
 {md_table(['network', 'EMA top-1', 'population top-1', 'dmean', 'dlogvar'], pop_rows)}
 Population statistics give the lower error for {sum(g > 0 for g in gaps)} of {len(gaps)} networks, by
 {np.mean(gaps):+.2f} points on average (EMA minus population): the moving averages lag the final weights,
-as later work found (Wu & Johnson 2021, PreciseBN; facts §8).
+as later work found (Wu & Johnson 2021, PreciseBN; docs/paper-notes.md).
 
 ## Deviations from the paper
 - Scale and data: see "What was run"; differences of a fraction of a point are within the noise of {n:,} images (±{100 * np.sqrt(0.1 * 0.9 / n):.1f} points at 10% error, one standard error).

@@ -7,6 +7,7 @@ kept (divergence is an outcome). Never a silent substitution.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,11 +153,32 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, timeout=10)
 
 
+# A citation in parentheses, "(§4.2.2)" or the notes-file form issue 12 replaced: re-citing does not change a ledger.
+_CITATION = re.compile(r"\((?:facts )?§[0-9.,§ -]+\)")
+
+
+def _ledger_commit(path: Path) -> tuple[str | None, str | None]:
+    """The last commit that changed the ledger other than in its citations (issue 12 re-cited the paper's
+    sections in place of a notes file's), so runs made before such an edit still count as after it."""
+    log = _git("log", "--format=%H %cI", "--", str(path))
+    if log.returncode != 0 or not log.stdout.strip():
+        return None, None
+    commits = [line.split() for line in log.stdout.splitlines()]
+    try:
+        rel = path.relative_to(ROOT).as_posix()
+    except ValueError:  # a ledger outside this repository: its last commit, as git knows it
+        return tuple(commits[0])
+    for sha, date in commits:
+        now, before = (_git("show", f"{rev}:{rel}") for rev in (sha, f"{sha}^"))
+        if before.returncode != 0 or _CITATION.sub("(§)", now.stdout) != _CITATION.sub("(§)", before.stdout):
+            return sha, date
+    return tuple(commits[-1])
+
+
 def ledger_provenance(claims_path: Path, runs: list[Run]) -> dict:
     """The ledger's last commit, and for each run whether its recorded commit contains that one and was clean."""
     path = Path(claims_path).resolve()
-    log = _git("log", "-1", "--format=%H %cI", "--", str(path))
-    ledger, date = (log.stdout.split() + [None, None])[:2] if log.returncode == 0 and log.stdout.strip() else (None, None)
+    ledger, date = _ledger_commit(path)
     edited = bool(_git("status", "--porcelain", "--", str(path)).stdout.strip())
     out = {"ledger_commit": ledger, "ledger_date": date, "ledger_edited": edited, "runs": {}}
     for r in runs:

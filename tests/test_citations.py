@@ -1,0 +1,37 @@
+"""Citations point at the paper's own sections, never at a file outside the repository; re-citing a
+claims ledger does not move the commit that fixed its thresholds."""
+
+from __future__ import annotations
+
+import subprocess
+
+from repro.report import runs
+from tests.conftest import ROOT
+
+
+def test_nothing_cites_a_notes_file_outside_the_repository():
+    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    offenders = [f for f in files if (ROOT / f).is_file() and f != "tests/test_citations.py"
+                 and any(s in (ROOT / f).read_text(errors="replace") for s in ("facts §", "bn-paper-facts"))]
+    assert offenders == []
+    assert (ROOT / "docs" / "paper-notes.md").is_file()
+
+
+def test_a_citation_only_edit_keeps_the_ledger_commit(tmp_path, monkeypatch):
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                               capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    ledger = tmp_path / "claims.yaml"
+    for text, msg in [("# ledger (facts §5)\nbar: 3\n", "thresholds"), ("# ledger (§4.2.2)\nbar: 3\n", "re-cite"),
+                      ("# ledger (§4.2.2), per seed\nbar: 3\n", "comment")]:
+        ledger.write_text(text)
+        git("add", "claims.yaml")
+        git("commit", "-qm", msg)
+        if msg == "thresholds":
+            fixed = git("rev-parse", "HEAD")
+        if msg == "re-cite":
+            monkeypatch.setattr(runs, "ROOT", tmp_path)
+            assert runs.ledger_provenance(ledger, [])["ledger_commit"] == fixed
+    assert runs.ledger_provenance(ledger, [])["ledger_commit"] == git("rev-parse", "HEAD")  # other edits count
