@@ -100,7 +100,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast
     channels_last: bool = False
     compile: bool = False  # torch.compile the training forward
-    sync_bn: bool = False  # the paper's BN statistics are per replica; SyncBN is a step beyond it
+    sync_bn: bool = False  # the paper's BN statistics are per replica; SyncBN (GPUs only) is a step beyond it
     deterministic: bool = False  # CUDA: deterministic kernels, no cuDNN autotuning (slower; bit-identical reruns)
 
 
