@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 import repro.models  # noqa: F401  (registers the paper's networks with timm)
-from repro import dist, loaders, records, resume, validate
+from repro import dist, loaders, records, resume, validate, wandb_mirror
 from repro.config import CONF_DIR, Config, ModelConfig, register_configs, to_config
 from repro.data import DATASETS, load_splits
 from repro.errors import ReproError, failed
@@ -151,7 +151,7 @@ def run(cfg: Config) -> dict:
     if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
-    held = {"lock": None, "made": None}  # rank 0: the lock file it holds, the directory it created
+    held = {"lock": None, "made": None, "metrics": None}  # rank 0: its lock file, the directory it created, its log
     try:
         if run_dir is not None and dist.is_main():
             held["lock"] = resume.acquire(run_dir)
@@ -164,6 +164,8 @@ def run(cfg: Config) -> dict:
             shutil.rmtree(made, ignore_errors=True)
         raise
     finally:
+        if held["metrics"] is not None:  # stopped early (Ctrl-C, an error): the wandb run ends as failed
+            held["metrics"].close(failed=True)
         resume.release(held["lock"])
 
 
@@ -215,6 +217,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
         start, wall0, wandb_id = ckpt["step"], ckpt["wall"], ckpt["wandb_id"]
         resumes = ckpt.get("resumes", []) + [start]  # every step this run was resumed from
         log.info("resuming %s from step %d", run_dir, start)
+    wandb_id = wandb_id or wandb_mirror.new_id()  # one wandb run per run directory, resumes included
     # BN statistics stay per replica (§4.2): buffers are not broadcast from rank 0 every step.
     model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if dist.is_distributed() else net
     step_model = torch.compile(model) if t_cfg.compile else model
@@ -227,7 +230,8 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
             held["lock"] = resume.acquire(run_dir)
         env = records.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
         records.write_run_header(run_dir, cfg, env)
-        metrics = records.MetricsLog(run_dir, cfg, start if ckpt else None, wandb_id)
+        metrics = held["metrics"] = records.MetricsLog(run_dir, start if ckpt else None,
+                                                       wandb_mirror.start(run_dir, cfg, wandb_id))
     run_dir = dist.broadcast_object(run_dir)
 
     saved = {"step": start if ckpt else None}
@@ -238,7 +242,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
         if dist.is_main():
             records.save_checkpoint(run_dir, {
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "data": data.stream.state_dict(),
-                "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": metrics.wandb_id,
+                "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": wandb_id,
                 "losses": windows, "identity": resume.run_identity(cfg), "data_identity": data.describe,
                 "resumes": resumes})
         saved["step"] = step
@@ -314,7 +318,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
             "final_test_acc": accs[-1] if accs and status == "complete" else None,
             "best_test_acc": max(accs) if accs else None, "lr_base": cfg.optim.lr, "lr_peak": peak_lr(cfg.optim),
             "world_size": dist.world_size(), "global_batch": t_cfg.batch_size * dist.world_size(),
-            "wall_s": round(wall, 2), "data": data.describe, "resumed_from": resumes,
+            "wall_s": round(wall, 2), "data": data.describe, "resumed_from": resumes, "wandb_id": wandb_id,
         }
         if isinstance(data.stream, loaders.LoaderStream) and data.stream.dataset.skipped.value:
             summary["skipped_corrupt"] = data.stream.dataset.skipped.value  # data.skip_corrupt=true
