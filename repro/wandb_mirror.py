@@ -92,7 +92,7 @@ def _start(**init):
     try:
         return wandb.init(**init)
     except wandb.errors.Error as e:  # not logged in, no network, a project we may not write
-        raise ReproError(f"wandb could not start a {init['mode']} run ({str(e).strip().splitlines()[0]}): run "
+        raise ReproError(f"wandb could not start in {init['mode']} mode ({str(e).strip().splitlines()[0]}): run "
                          f"`wandb login`, or use logger.wandb.mode=offline (sync and report: --mode/--wandb offline)") from e
 
 
