@@ -231,7 +231,8 @@ class MetricsLog:
             return
         self._file.close()
         if self.mirror is not None:
-            self.mirror.close(summary, read_jsonl(self.path), failed)
+            # a failed start may have removed its directory already (repro.train.run)
+            self.mirror.close(summary, read_jsonl(self.path) if self.path.exists() else [], failed)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def figures_of(experiment: str) -> list[str]:
 
 
 def run_labels(cfg: dict) -> dict:
-    """wandb.init's name, group, job_type and tags for a run with the resolved config `cfg` (a dict):
+    """wandb.init's group, job_type and tags for a run with the resolved config `cfg` (a dict):
     one group per experiment and scale, so smoke, cpu and gpu runs of a variant never mix."""
     return {"group": f"{cfg['experiment']}-{cfg['scale']['name']}", "job_type": "train",
             "tags": [*(f"figure:{f}" for f in figures_of(cfg["experiment"])), f"scale:{cfg['scale']['name']}",
@@ -165,8 +165,8 @@ def run_record(run_dir: Path) -> tuple[dict, list[dict], dict | None, str]:
         ckpt = records.load_checkpoint(run_dir)
         wandb_id = ckpt.get("wandb_id") if ckpt else None
     if wandb_id is None:
-        raise ReproError(f"{run_dir} records no wandb run id (summary.json and ckpt.pt lack it): it cannot be "
-                         f"mirrored as the same run; resume it with resume=auto, or leave it out")
+        raise ReproError(f"{run_dir} records no wandb run id (neither summary.json nor ckpt.pt holds one: it ran "
+                         f"with wandb disabled before runs chose their id): leave it out, or rerun it")
     return cfg, records.read_jsonl(run_dir / "metrics.jsonl"), summary, wandb_id
 
 
@@ -188,8 +188,9 @@ def replay(run_dir: Path, mode: str = "online") -> tuple[Path | None, int]:
     if mode == "offline":
         folder, digest = run_dir.parent / "wandb" / REPLAY / run_dir.name, _digest(run_dir)
         marker = folder / "replayed.json"
-        if marker.exists() and json.loads(marker.read_text())["digest"] == digest:
-            return Path(json.loads(marker.read_text())["dir"]), 0
+        done = json.loads(marker.read_text()) if marker.exists() else {}
+        if done.get("digest") == digest and Path(done["dir"]).is_dir():
+            return Path(done["dir"]), 0
         shutil.rmtree(folder, ignore_errors=True)  # an earlier replay of fewer steps: one run, not two
         run = _init(cfg, wandb_id, run_dir.name, "offline", folder, resume=None)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -43,10 +44,22 @@ def records(path: Path) -> list:
 class OfflineRun:
     """What one offline run folder holds: its run record, history rows, summary and files."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, wait_s: float = 60.0):
         self.folder = Path(folder)
         (log,) = self.folder.glob("run-*.wandb")
-        self.records = records(log)
+        # wandb-core writes the file in its own process and may still be flushing it after finish()
+        # returns: read it once its exit record is there
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                found = records(log)
+            except Exception:  # a record half written
+                found = []
+            if any(r.WhichOneof("record_type") == "exit" for r in found):
+                break
+            assert time.monotonic() < deadline, f"{log} has no exit record after {wait_s} s"
+            time.sleep(0.2)
+        self.records = found
         self.run = next(r.run for r in self.records if r.WhichOneof("record_type") == "run")
         self.history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                         for r in self.records if r.WhichOneof("record_type") == "history"]
