@@ -44,7 +44,7 @@ def records(path: Path) -> list:
 class OfflineRun:
     """What one offline run folder holds: its run record, history rows, summary and files."""
 
-    def __init__(self, folder: Path, wait_s: float = 60.0):
+    def __init__(self, folder: Path, wait_s: float = 60.0, killed: bool = False):
         self.folder = Path(folder)
         (log,) = self.folder.glob("run-*.wandb")
         # wandb-core writes the file in its own process and may still be flushing it after finish()
@@ -55,7 +55,7 @@ class OfflineRun:
                 found = records(log)
             except Exception:  # a record half written
                 found = []
-            if any(r.WhichOneof("record_type") == "exit" for r in found):
+            if killed or any(r.WhichOneof("record_type") == "exit" for r in found):  # killed: no exit record
                 break
             assert time.monotonic() < deadline, f"{log} has no exit record after {wait_s} s"
             time.sleep(0.2)
