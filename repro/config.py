@@ -109,7 +109,9 @@ class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "repro-bn"
     entity: str | None = None
-    dir: str = "runs/wandb"
+    dir: str = "${runs_dir}/wandb"  # follows runs_dir
+    system_metrics: bool = True  # CPU/GPU/memory panels
+    console: bool = True  # the console output, captured as the run's logs
 
 
 @dataclass

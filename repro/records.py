@@ -1,10 +1,10 @@
-"""What a run leaves behind: its own directory, atomic files, metrics, checkpoints, the wandb mirror.
+"""What a run leaves behind: its own directory, atomic files, metrics, checkpoints.
 
 Layout of `runs/<experiment>-<scale>-s<seed>-<hash>/`:
   config.yaml   the resolved config          env.json      versions, device, git commit, data source
   metrics.jsonl one JSON record per logged step  summary.json  final numbers and status
   ckpt.pt       the last checkpoint (model, optimizer, step, RNG states, data position)
-Local files are the record; wandb mirrors the metrics and is never the only copy.
+Local files are the record; wandb mirrors them (repro.wandb_mirror) and is never the only copy.
 """
 
 from __future__ import annotations
@@ -204,69 +204,35 @@ def write_run_header(run_dir: Path, cfg: Config, env: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Metrics: local JSONL plus the wandb mirror
+# Metrics: local JSONL, handed on to the wandb mirror (repro.wandb_mirror)
 
 
 class MetricsLog:
-    """Appends records to metrics.jsonl and mirrors them to wandb (offline by default)."""
+    """Appends records to metrics.jsonl and hands each to `mirror` (repro.wandb_mirror.Live, or None)."""
 
-    def __init__(self, run_dir: Path, cfg: Config, resume_step: int | None, wandb_id: str | None):
+    def __init__(self, run_dir: Path, resume_step: int | None, mirror=None):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
             # Drop records logged after the checkpoint: the resumed run logs them again.
             kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
             atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._file = open(self.path, "a")  # noqa: SIM115 - held for the run's lifetime
-        self.wandb = _init_wandb(run_dir, cfg, wandb_id)
-        self.wandb_id = self.wandb.id if self.wandb is not None else None
+        self.mirror = mirror
 
     def log(self, record: dict) -> None:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
-        if self.wandb is not None:
-            self.wandb.log(_flatten(record))
+        if self.mirror is not None:
+            self.mirror.log(record)
 
-    def close(self, summary: dict | None = None) -> None:
+    def close(self, summary: dict | None = None, failed: bool = False) -> None:
+        """End the log; `failed`: the run stopped before its end (the mirror marks it so). Idempotent."""
+        if self._file.closed:
+            return
         self._file.close()
-        if self.wandb is not None:
-            if summary:
-                self.wandb.summary.update({k: v for k, v in summary.items() if not isinstance(v, dict)})
-            self.wandb.finish()
-
-
-def _flatten(record: dict) -> dict:
-    """wandb wants scalars: {"probe": {"p50": [a, b]}} -> {"probe/p50/0": a, "probe/p50/1": b}."""
-    out = {}
-    for k, v in record.items():
-        if isinstance(v, dict):
-            out.update({f"{k}/{kk}": vv for kk, vv in _flatten(v).items()})
-        elif isinstance(v, list):
-            out.update({f"{k}/{i}": vv for i, vv in enumerate(v)})
-        else:
-            out[k] = v
-    return out
-
-
-def _init_wandb(run_dir: Path, cfg: Config, wandb_id: str | None):
-    w = cfg.logger.wandb
-    if w.mode == "disabled":
-        return None
-    import wandb
-
-    try:
-        Path(w.dir).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ReproError(f"cannot create logger.wandb.dir={w.dir} ({e.strerror}): set it to a writable folder, "
-                         f"or logger.wandb.mode=disabled") from e
-    run = wandb.init(
-        project=w.project, entity=w.entity, mode=w.mode, dir=w.dir, group=cfg.experiment,
-        name=run_dir.name, job_type=cfg.scale.name, config=config_dict(cfg),
-        id=wandb_id, resume="allow" if wandb_id else None,
-        settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
-    )
-    run.define_metric("step")
-    run.define_metric("*", step_metric="step")  # x-axis is the training step, as in the paper
-    return run
+        if self.mirror is not None:
+            # a failed start may have removed its directory already (repro.train.run)
+            self.mirror.close(summary, read_jsonl(self.path) if self.path.exists() else [], failed)
 
 
 # ----------------------------------------------------------------------------------------------

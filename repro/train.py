@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 import repro.models  # noqa: F401  (registers the paper's networks with timm)
-from repro import dist, loaders, progress, records, resume, validate
+from repro import dist, loaders, progress, records, resume, validate, wandb_mirror
 from repro.config import CONF_DIR, Config, ModelConfig, register_configs, to_config
 from repro.data import DATASETS, load_splits
 from repro.errors import ReproError, failed
@@ -150,8 +150,8 @@ def run(cfg: Config) -> dict:
     if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
-    # rank 0: the lock file it holds, the directory it created, the train.log it writes
-    held = {"lock": None, "made": None, "log": progress.RunLog() if dist.is_main() else None}
+    # rank 0: the lock file it holds, the directory it created, the train.log it writes, its metrics log
+    held = {"lock": None, "made": None, "log": progress.RunLog() if dist.is_main() else None, "metrics": None}
     try:
         if run_dir is not None and dist.is_main():
             held["lock"] = resume.acquire(run_dir)
@@ -168,6 +168,8 @@ def run(cfg: Config) -> dict:
             shutil.rmtree(made, ignore_errors=True)
         raise
     finally:
+        if held["metrics"] is not None:  # stopped early (Ctrl-C, an error): the wandb run ends as failed
+            held["metrics"].close(failed=True)
         resume.release(held["lock"])
         if held["log"] is not None:
             held["log"].close()
@@ -221,6 +223,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
         start, wall0, wandb_id = ckpt["step"], ckpt["wall"], ckpt["wandb_id"]
         resumes = ckpt.get("resumes", []) + [start]  # every step this run was resumed from
         log.info("resuming %s from step %d", run_dir, start)
+    wandb_id = wandb_id or wandb_mirror.new_id()  # one wandb run per run directory, resumes included
     # BN statistics stay per replica (§4.2): buffers are not broadcast from rank 0 every step.
     model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if dist.is_distributed() else net
     step_model = torch.compile(model) if t_cfg.compile else model
@@ -234,7 +237,8 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
         env = records.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
         records.write_run_header(run_dir, cfg, env)
         held["log"].open(run_dir)
-        metrics = records.MetricsLog(run_dir, cfg, start if ckpt else None, wandb_id)
+        metrics = held["metrics"] = records.MetricsLog(run_dir, start if ckpt else None,
+                                                       wandb_mirror.start(run_dir, cfg, wandb_id))
     run_dir = dist.broadcast_object(run_dir)
 
     saved = {"step": start if ckpt else None}
@@ -245,7 +249,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
         if dist.is_main():
             records.save_checkpoint(run_dir, {
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "data": data.stream.state_dict(),
-                "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": metrics.wandb_id,
+                "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": wandb_id,
                 "losses": windows, "identity": resume.run_identity(cfg), "data_identity": data.describe,
                 "resumes": resumes})
         saved["step"] = step
@@ -320,7 +324,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
             "final_test_acc": accs[-1] if accs and status == "complete" else None,
             "best_test_acc": max(accs) if accs else None, "lr_base": cfg.optim.lr, "lr_peak": peak_lr(cfg.optim),
             "world_size": dist.world_size(), "global_batch": t_cfg.batch_size * dist.world_size(),
-            "wall_s": round(wall, 2), "data": data.describe, "resumed_from": resumes,
+            "wall_s": round(wall, 2), "data": data.describe, "resumed_from": resumes, "wandb_id": wandb_id,
         }
         if isinstance(data.stream, loaders.LoaderStream) and data.stream.dataset.skipped.value:
             summary["skipped_corrupt"] = data.stream.dataset.skipped.value  # data.skip_corrupt=true

@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 
 from repro import records
 from repro.report import Long, fig1, fig2, read_long, write_long
@@ -202,3 +203,31 @@ def test_verify_rebuilds_and_names_a_changed_number(fig1_runs, tmp_path):
     problems = verify(results)
     assert problems and all(str(out / "report.md") in p for p in problems)
     assert any("median_drifts_less" in p for p in problems)  # named by its row
+
+
+def test_report_logs_its_claims_and_figures_to_an_offline_wandb_run(fig1_runs, tmp_path, capsys):
+    from repro.report.__main__ import main
+    from tests.wandb_files import OfflineRun
+
+    runs_dir, out = tmp_path / "runs", tmp_path / "results"
+    shutil.copytree(fig1_runs, runs_dir)
+    args = ["fig1", "--scale", "smoke", "--runs-dir", str(runs_dir), "--out", str(out), "--claims", str(FIG1_CLAIMS)]
+    assert main(args) == 0 and not (runs_dir / "wandb").exists()  # as its runs: smoke runs do not log to wandb
+    assert main([*args, "--wandb", "offline"]) == 0
+    (folder,) = (runs_dir / "wandb" / "wandb").glob("offline-run-*")
+    assert f"logged the report to wandb: {folder}" in capsys.readouterr().out
+    report = OfflineRun(folder)
+    assert report.run.job_type == "report" and report.run.run_group == "fig1-smoke"
+    assert sorted(report.tags) == ["figure:fig1", "report", "scale:smoke"]
+    (row,) = report.history
+    claims = json.loads(report.file(row["claims/path"]).read_text())
+    md = _claims_table(out / "fig1" / "smoke")
+    assert claims["columns"] == ["claim", "paper", "ours, per seed", "mean ± std", "95% interval", "criterion", "verdict"]
+    assert [r[0] for r in claims["data"]] == [c["id"] for c in yaml.safe_load(FIG1_CLAIMS.read_text())["claims"]]
+    assert all(f"| {' | '.join(r)} |" in md for r in claims["data"])  # the rows as the report prints them
+    assert {report.summary[f"verdict/{r[0]}"] for r in claims["data"]} <= {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE}
+    assert json.loads(report.file(row["paper/claims/path"]).read_text())["data"][0][:2] == \
+        ["bn_ahead_5k", yaml.safe_load(FIG1_CLAIMS.read_text())["claims"][0]["paper"]]
+    for figure in ("fig1a", "fig1bc"):  # each figure as a wandb.Image
+        assert row[f"figures/{figure}/_type"] == "image-file"
+        assert report.file(row[f"figures/{figure}/path"]).read_bytes()[:4] == b"\x89PNG"

@@ -49,6 +49,22 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def read_md_table(text: str, first: str) -> tuple[list[str], list[list[str]]]:
+    """The inverse of md_table for the first table in `text` whose first column is headed `first`:
+    (header, rows), so a rendered report's table can be mirrored elsewhere as written."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(f"| {first} |")), None)
+    if start is None:
+        raise ValueError(f"no table headed '{first}' in the report")
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split(" | ")]  # noqa: E731
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(cells(line))
+    return cells(lines[start]), rows
+
+
 def write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text)

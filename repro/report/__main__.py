@@ -1,6 +1,7 @@
 """`python -m repro.report fig1 --scale cpu`: build a figure's report from recorded runs;
 `python -m repro.report verify`: rebuild every committed report from committed files and name each
-number that differs (exit 1)."""
+number that differs (exit 1). A figure's report is also logged to wandb as a `job_type=report` run
+(claims table, figures, the paper's numbers) unless wandb is disabled: by default as its runs were."""
 
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fig4: build from a committed evaluations.json when the runs are not on this machine")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="Hydra override that is part of the recipe the runs must match (repeatable)")
+    parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None,
+                        help="log the report to wandb in this mode (default: as its runs were logged)")
     args = parser.parse_args(argv)
     try:
         if args.figure == "verify":
@@ -75,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 path = build(args.figure, args.runs_dir or Path("runs"), args.scale, args.out, claims,
                              tuple(args.override), **kwargs)
+        if args.figure != "lr-sweep":
+            from repro.wandb_mirror import log_report
+
+            if (logged := log_report(path, args.runs_dir or Path("runs"), args.wandb)) is not None:
+                print(f"logged the report to wandb: {logged}")
     except ReproError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

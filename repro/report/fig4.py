@@ -24,6 +24,7 @@ MEMBERS = [f"ensemble_{i}" for i in range(1, 7)]
 EXPERIMENTS = [SINGLE, *MEMBERS]
 # Figure 4 of the paper (§4.2.3): top-1 / top-5 error (%), 50,000 ImageNet validation images.
 PAPER = {"single_1crop": (25.2, 7.82), "single_144crop": (21.99, 5.82), "ensemble_144crop": (20.1, 4.9)}
+PAPER_COLUMNS = ("top-1 error %", "top-5 error %")
 # What is evaluated: name -> (networks, crops, BN statistics)
 EVALS = {
     "single_1crop": ("single", 1, "ema"),
