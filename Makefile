@@ -12,7 +12,7 @@ RUNS ?= runs
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 test verify bench gpu-check lint clean
+.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 fig1-map report-fig1-map report-fig1 report-fig2 test verify bench gpu-check lint clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -50,9 +50,13 @@ reproduce-fig4: install ## Figure 4: BN-x30 and the six ensemble members at SCAL
 	$(PY) -m repro.train -m experiment=$(FIG4) scale=$(SCALE) seed=1 resume=auto runs_dir=$(RUNS) $(PARALLEL)
 	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS)
 
-lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/family/fig1.yaml
-	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=cpu train.steps=10000 optim.lr=0.1,0.3,1.0,3.0,10.0 model.init_std=0.1,0.01 logger.wandb.mode=disabled resume=auto runs_dir=$(RUNS)/lr_sweep $(PARALLEL)
-	$(PY) -m repro.report lr-sweep --runs-dir $(RUNS)/lr_sweep
+MAP := results/fig1/map/claims.yaml
+fig1-map: install data ## Figure 1 beyond the paper: both nets x 6 rates x 3 inits x 3 seeds, 50k steps, stacked (~30 min on 2 cores), then results/fig1/map/
+	$(PY) -m repro.stacked --map $(MAP) runs_dir=$(RUNS)/fig1_map
+	$(PY) -m repro.report fig1-map --runs-dir $(RUNS)/fig1_map
+
+report-fig1-map: install ## Rebuild the map's report from recorded runs
+	$(PY) -m repro.report fig1-map --runs-dir $(RUNS)/fig1_map
 
 test: install data ## Run the test suite (CPU, a few minutes)
 	$(PY) -m pytest -q
@@ -60,8 +64,8 @@ test: install data ## Run the test suite (CPU, a few minutes)
 verify: install ## Rebuild every committed report from results/ alone; exit 1 naming each number that differs
 	$(PY) -m repro.report verify
 
-bench: install ## Speed: Figure 1 job and the runner vs bare torch loops; our Inception vs timm per MAC
-	$(PY) scripts/bench_fig1.py
+bench: install data ## Speed: the Figure 1 map and job vs bare torch loops (~40 min); the runner vs bare; our Inception vs timm per MAC
+	$(PY) scripts/bench_fig1.py --pipeline
 	$(PY) scripts/bench_runner.py
 	$(PY) scripts/bench_models.py
 

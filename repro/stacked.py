@@ -20,11 +20,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 
 from repro import loaders, records, resume
 from repro.config import Config, compose
@@ -367,9 +370,41 @@ def _train(stacks: list[dict], splits, t) -> list[dict]:
 _ORDER = ("step", "lr", "wall", "loss", "test_acc", "test_loss", "probe")
 
 
+# How the map runs (the grid itself is in its ledger): evaluations and probes as the ledger says,
+# checkpoints to resume from, one single-threaded process per net on a 2-core machine.
+MAP_SETTINGS = ["train.log_every=500", "train.checkpoint_every=5000", "train.threads=1",
+                "train.compile=true", "logger.wandb.mode=disabled", "logger.progress=off", "resume=auto"]
+
+
+def map_commands(ledger: Path, extra: list[str]) -> list[list[str]]:
+    """One `python -m repro.stacked` command per net of the ledger's grid (they share batch orders by seed)."""
+    g = yaml.safe_load(Path(ledger).read_text())["grid"]
+    grid = [f"optim.lr={','.join(map(str, g['lr']))}", f"model.init_std={','.join(map(str, g['init_std']))}",
+            f"seed={','.join(map(str, g['seeds']))}", *schedule(g)]
+    scale = [] if any(o.startswith("scale=") for o in extra) else ["scale=cpu"]
+    return [[sys.executable, "-m", "repro.stacked", f"experiment={e}", *grid, *scale, *MAP_SETTINGS, *extra]
+            for e in g["experiments"]]
+
+
+def schedule(grid: dict) -> list[str]:
+    """The ledger's steps, evaluations and probes as overrides."""
+    return [f"train.steps={grid['steps']}", f"train.eval_every={grid['eval_every']}",
+            f"train.probe_every={grid['probe_every']}"]
+
+
+def run_map(ledger: Path, extra: list[str]) -> int:
+    """Run the map's processes side by side; the exit status of the first that fails, else 0."""
+    procs = [subprocess.Popen(c) for c in map_commands(ledger, extra)]
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c), 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """`python -m repro.stacked OVERRIDES`, or `--map LEDGER [OVERRIDES]` for the whole map."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--map"]:
+        return run_map(Path(args[1]), args[2:])
     try:
         t0 = time.perf_counter()
         summaries = run(args)
