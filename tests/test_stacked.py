@@ -93,3 +93,28 @@ def test_refuses_what_it_does_not_implement(tmp_path):
     with pytest.raises(stacked.ReproError, match="plain SGD"):
         stacked.run(["experiment=fig1_bn", "optim.momentum=0.9", f"runs_dir={tmp_path}", *SHORT])
     assert stacked.expand(["a=1,2", "b=x,y"]) == [["a=1", "b=x"], ["a=1", "b=y"], ["a=2", "b=x"], ["a=2", "b=y"]]
+
+
+def test_map_report_marks_cells_and_rebuilds_from_its_files(tmp_path):
+    """A 2-rate x 2-seed map through the same overrides as `repro.stacked --map`, then its report: the
+    cells, the never-learns mark, the across-map verdict; rendering again from runs.csv/meta.json agrees."""
+    from repro.report import fig1_map
+    from repro.report.pipeline import render
+
+    ledger = tmp_path / "claims.yaml"
+    ledger.write_text(yaml.safe_dump({
+        "grid": {"experiments": ["fig1_baseline", "fig1_bn"], "lr": [3.0, 300.0], "init_std": [0.1], "seeds": [1, 2],
+                 "steps": 200, "eval_every": 100, "probe_every": 100},
+        "target": 0.8, "checkpoints": [100, 200], "never_learns_below": 0.2,
+        "claims": [{"id": "faster", "paper": "p", "statistic": "steps_gap_to_target", "op": ">", "threshold": 0.0},
+                   {"id": "ahead", "paper": "p", "statistic": "acc_gap_at", "step": 200, "op": ">", "threshold": 0.0}]}))
+    extra = ["scale=smoke", "train.compile=false", f"runs_dir={tmp_path / 'runs'}"]
+    for cmd in stacked.map_commands(ledger, extra):
+        stacked.run(cmd[3:])  # what each spawned `python -m repro.stacked` process runs
+    out = fig1_map.build(tmp_path / "runs", tmp_path / "out", ledger, scale="smoke", extra=tuple(extra[1:2]))
+    text = (out / "report.md").read_text()
+    assert "1,000 training / 500 test images" in text and "= 8 runs" in text
+    assert "BN reaches 80% in fewer steps in" in text and "never learns" in text
+    assert (out / "map.png").stat().st_size > 0
+    again = render(out, tmp_path / "again")
+    assert (again / "report.md").read_text() == text
