@@ -109,11 +109,16 @@ def _interval(s) -> str:
     return f"{fmt(s.mean)} [{fmt(s.lo)}, {fmt(s.hi)}]"
 
 
+def read_at(step: int, steps: int) -> str:
+    """Where an accuracy "at `step`" was read in runs of `steps` steps."""
+    return f"{step:,}" if step <= steps else f"{steps:,} (the runs' end; the ledger asks {step:,})"
+
+
 def plot_map(table: dict, ledger: dict, path: Path) -> None:
-    lrs, stds = ledger["grid"]["lr"], ledger["grid"]["init_std"]
+    lrs, stds, steps = ledger["grid"]["lr"], ledger["grid"]["init_std"], ledger["grid"]["steps"]
     panels = [("steps_gap_to_target", f"steps to {ledger['target']:.0%}: baseline − BN"),
-              *[(f"acc_gap_{s}", f"accuracy at {s:,} steps: BN − baseline") for s in ledger["checkpoints"]]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2))
+              *[(f"acc_gap_{s}", f"accuracy at {min(s, steps):,} steps: BN − baseline") for s in ledger["checkpoints"]]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.2))
     for ax, (key, title) in zip(axes, panels):
         grid = np.full((len(stds), len(lrs)), np.nan)
         for (lr, std), row in table.items():
@@ -123,7 +128,7 @@ def plot_map(table: dict, ledger: dict, path: Path) -> None:
         lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
         im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
         for (lr, std), row in table.items():
-            s, mark = row[key], " / ".join(f"{'BN' if e == BN else 'base'} {m}" for e, m in row["marks"].items())
+            s, mark = row[key], "\n".join(f"{'BN' if e == BN else 'base'} {m}" for e, m in row["marks"].items())
             if s is None:
                 text = "neither\nreaches"
             elif math.isinf(s.mean):
@@ -133,7 +138,7 @@ def plot_map(table: dict, ledger: dict, path: Path) -> None:
             elif math.isnan(s.lo):
                 text = f"{s.mean:.3g}"
             else:
-                text = f"{s.mean:.3g}\n[{s.lo:.3g}, {s.hi:.3g}]"
+                text = f"{s.mean:.2g}\n[{s.lo:.2g},\n{s.hi:.2g}]"
             ax.text(lrs.index(lr), stds.index(std), text + (f"\n{mark}" if mark else ""), ha="center", va="center",
                     fontsize=6.5)
         ax.set_xticks(range(len(lrs)), [str(v) for v in lrs])
@@ -182,7 +187,8 @@ def render(long, meta: dict, ledger: dict, out: Path) -> str:
         vs = [verdict(table[c][key], claim["op"], float(claim["threshold"])) for c in cells if table[c][key]]
         n_rep = sum(v == REPRODUCED for v in vs)
         n_not = sum(v.strip("*") == "not reproduced" for v in vs)
-        claim_rows.append([claim["id"], claim["paper"], f"{n_rep} of {len(vs)}", f"{n_not} of {len(vs)}",
+        where = f" (read at {read_at(claim['step'], meta['steps'])})" if "step" in claim and claim["step"] > meta["steps"] else ""
+        claim_rows.append([claim["id"], claim["paper"] + where, f"{n_rep} of {len(vs)}", f"{n_not} of {len(vs)}",
                            f"{len(vs) - n_rep - n_not} of {len(vs)}", _interval(table[best][key])])
     data, steps, n_runs = meta["data"], meta["steps"], len(meta["runs"])
     scope = (f"**A shorter map than the ledger's {planned:,} steps: {steps:,} steps per run** (the time available); "
@@ -223,5 +229,5 @@ Steps to {ledger['target']:.0%} per seed ({', '.join(map(str, ledger['grid']['se
 NaN/inf), *never learns* (best test accuracy below {ledger['never_learns_below']} in every seed).
 
 {md_table(['lr', 'init std', 'baseline steps', 'BN steps', 'steps gap', 'BN faster?',
-           *[f'acc gap at {s:,}' for s in ledger['checkpoints']], 'marks'], rows)}
+           *[f'acc gap at {read_at(s, steps)}' for s in ledger['checkpoints']], 'marks'], rows)}
 """
