@@ -19,7 +19,7 @@ OUT ?= $(RUNS)/results
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 lr-sweep report-fig1 report-fig2 report-fig4 test verify bench gpu-check lint clean
+.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 fig1-map report-fig1-map report-fig1 report-fig2 report-fig4 test verify bench gpu-check lint clean
 
 help: ## List the targets and variables (colour only on a terminal)
 	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
@@ -66,9 +66,13 @@ reproduce-fig4: install data ## Figure 4: BN-x30 and the six ensemble members at
 report-fig4: install ## Rebuild the Figure 4 report (multi-crop, ensemble, population statistics) from recorded runs
 	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
-lr-sweep: install ## The recorded Figure 1 learning-rate/init sweep behind conf/family/fig1.yaml
-	$(PY) -m repro.train -m experiment=fig1_baseline,fig1_bn scale=cpu train.steps=10000 optim.lr=0.1,0.3,1.0,3.0,10.0 model.init_std=0.1,0.01 logger.wandb.mode=disabled resume=auto runs_dir=$(RUNS)/lr_sweep $(PARALLEL)
-	$(PY) -m repro.report lr-sweep --runs-dir $(RUNS)/lr_sweep --out $(OUT)
+MAP := results/fig1/map/claims.yaml
+fig1-map: install data ## Figure 1 beyond the paper: both nets x 6 rates x 3 inits x 3 seeds, 50k steps, stacked (~30 min on 2 cores), then results/fig1/map/
+	$(PY) -m repro.stacked --map $(MAP) runs_dir=$(RUNS)/fig1_map
+	$(PY) -m repro.report fig1-map --runs-dir $(RUNS)/fig1_map --out $(OUT)
+
+report-fig1-map: install ## Rebuild the map's report from recorded runs
+	$(PY) -m repro.report fig1-map --runs-dir $(RUNS)/fig1_map --out $(OUT)
 
 test: install data ## Run the test suite (CPU, ~12 min on 2 cores)
 	$(PY) -m pytest -q
@@ -76,9 +80,9 @@ test: install data ## Run the test suite (CPU, ~12 min on 2 cores)
 verify: install ## Rebuild every committed report from results/ alone; exit 1 naming each number that differs
 	$(PY) -m repro.report verify
 
-bench: install data ## Speed: Figure 1 job and the runner vs bare torch loops; our Inception vs timm per MAC
+bench: install data ## Speed: the Figure 1 map and job vs bare torch loops (~40 min); the runner vs bare; our Inception vs timm per MAC
 	$(PY) scripts/need_data.py experiment=bn_x30 scale=cpu "make bench (scripts/bench_runner.py)"
-	$(PY) scripts/bench_fig1.py
+	$(PY) scripts/bench_fig1.py --pipeline
 	$(PY) scripts/bench_runner.py
 	$(PY) scripts/bench_models.py
 

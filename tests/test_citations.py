@@ -24,8 +24,8 @@ def test_a_citation_only_edit_keeps_the_ledger_commit(tmp_path, monkeypatch):
 
     git("init", "-q")
     ledger = tmp_path / "claims.yaml"
-    for text, msg in [("# ledger (facts §5)\nbar: 3\n", "thresholds"), ("# ledger (§4.2.2)\nbar: 3\n", "re-cite"),
-                      ("# ledger (§4.2.2), per seed\nbar: 3\n", "comment")]:
+    for text, msg in [("# ledger (facts §5)\nbar: 3  # §2 says so\n", "thresholds"), ("# ledger (§4.2.2)\nbar: 3  # §4.1 says so\n", "re-cite"),
+                      ("# ledger (§4.2.2), per seed\nbar: 3  # §4.1 says so\n", "comment")]:
         ledger.write_text(text)
         git("add", "claims.yaml")
         git("commit", "-qm", msg)

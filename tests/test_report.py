@@ -130,12 +130,14 @@ def test_fig1_statistics_per_seed_on_synthetic_curves():
                      for q, d in (("p15", -1.0), ("p50", 0.0), ("p85", 1.0))]
     long = Long(rows)
     pairs = [(1, "b1", "n1"), (2, "b2", "n2")]
-    assert fig1.measure({"statistic": "acc_gap_at", "step": 5000}, long, pairs) == pytest.approx([0.03, 0.0])
+    assert fig1.measure({"statistic": "acc_gap_at", "step": 5000}, long, pairs, 0) == pytest.approx([0.03, 0.0])
     # steps to 0.9: baseline 1000 and 5000, BN 500 and 500
-    assert fig1.measure({"statistic": "steps_ratio", "target": 0.9}, long, pairs) == pytest.approx([2.0, 10.0])
-    assert fig1.measure({"statistic": "median_drift_ratio"}, long, pairs) == pytest.approx([1 / 3, 1 / 3])
+    assert fig1.measure({"statistic": "steps_ratio", "target": 0.9}, long, pairs, 0) == pytest.approx([2.0, 10.0])
+    assert fig1.measure({"statistic": "median_drift_ratio"}, long, pairs, 0) == pytest.approx([1 / 3, 1 / 3])
+    # From the first evaluation (step 500) on, the jump from step 0 no longer counts: medians 2, 1, 3 vs 0.5, 0.5, 1.
+    assert fig1.measure({"statistic": "median_drift_ratio"}, long, pairs, 500) == pytest.approx([0.25, 0.25])
     # spread p85 - p15: baseline 2, 4, 2, 2 (change 2); BN 2, 2.5, 2, 2 (change 0.5)
-    assert fig1.measure({"statistic": "spread_change_ratio"}, long, pairs) == pytest.approx([0.25, 0.25])
+    assert fig1.measure({"statistic": "spread_change_ratio"}, long, pairs, 0) == pytest.approx([0.25, 0.25])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,44 +6,15 @@ number that differs (exit 1). A figure's report is also logged to wandb as a `jo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import yaml
-
 from repro.errors import ReproError
-from repro.report import fmt, md_table, write_text
-
-
-def lr_sweep(runs_dir: Path, out: Path) -> Path:
-    """Tabulate the Figure 1 learning-rate / init sweep (the record behind conf/family/fig1.yaml)."""
-    rows = []
-    for s in sorted(Path(runs_dir).glob("*/summary.json")):
-        summary, cfg = json.loads(s.read_text()), yaml.safe_load((s.parent / "config.yaml").read_text())
-        rows.append((summary["experiment"], cfg["optim"]["lr"], cfg["model"]["init_std"], summary["steps"],
-                     summary["final_test_acc"], summary["status"]))
-    if not rows:
-        raise ReproError(f"no finished runs under {runs_dir}: run the sweep first (make lr-sweep)")
-    best = max((r for r in rows if r[0] == "fig1_baseline"), key=lambda r: r[4] or 0)
-    table = md_table(["experiment", "lr", "init std", "steps", "test acc", "status"],
-                     [[e, lr, std, f"{n:,}", fmt(a), st] for e, lr, std, n, a, st in sorted(rows)])
-    text = f"""# Figure 1: learning-rate and init sweep
-
-The paper states no optimizer, rate or init std for MNIST (§4.1; docs/paper-notes.md). We ran plain SGD, batch 60,
-for {rows[0][3]:,} steps with each rate and Gaussian init std below, and took the setting with the best
-*baseline* (no BN) test accuracy — lr {best[1]}, init std {best[2]} — for both nets, so the comparison
-does not favour BN. Built by `python -m repro.report lr-sweep --runs-dir {runs_dir}`.
-
-{table}"""
-    path = out / "fig1" / "lr_sweep.md"
-    write_text(path, text)
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.report", description=__doc__)
-    parser.add_argument("figure", choices=["fig1", "fig2", "fig4", "lr-sweep", "verify"])
+    parser.add_argument("figure", choices=["fig1", "fig1-map", "fig2", "fig4", "verify"])
     parser.add_argument("--scale", default="cpu", help="smoke | cpu | gpu | paper")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
     parser.add_argument("--out", type=Path, default=Path("results"))
@@ -52,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="fig4: evaluate the first N test images (default: 2,000 at smoke/cpu scale, all above)")
     parser.add_argument("--from-evaluations", type=Path, default=None, metavar="JSON",
                         help="fig4: build from a committed evaluations.json when the runs are not on this machine")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="fig1-map: the runs' steps when shorter than the ledger's (reported as such)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="Hydra override that is part of the recipe the runs must match (repeatable)")
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None,
@@ -66,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"differs: {p}")
             print(f"verify: {len(problems)} number(s) differ" if problems else "verify: every committed report rebuilds exactly")
             return 1 if problems else 0
-        if args.figure == "lr-sweep":
-            path = lr_sweep(args.runs_dir or Path("runs/lr_sweep"), args.out)
+        if args.figure == "fig1-map":
+            from repro.report import fig1_map
+
+            claims = args.claims or Path("results") / "fig1" / "map" / "claims.yaml"
+            path = fig1_map.build(args.runs_dir or Path("runs/fig1_map"), args.out / "fig1" / "map", claims, args.steps)
         else:
             from repro.report.pipeline import build, build_from_cache
 
@@ -78,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 path = build(args.figure, args.runs_dir or Path("runs"), args.scale, args.out, claims,
                              tuple(args.override), **kwargs)
-        if args.figure != "lr-sweep":
+        if args.figure != "fig1-map":  # the map report has no claims table of the per-figure form
             from repro.wandb_mirror import log_report
 
             if (logged := log_report(path, args.runs_dir or Path("runs"), args.wandb)) is not None:

@@ -154,7 +154,7 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 
 
 # A citation in parentheses, "(§4.2.2)" or the notes-file form issue 12 replaced: re-citing does not change a ledger.
-_CITATION = re.compile(r"\((?:facts )?§[0-9.,§ -]+\)")
+_CITATION = re.compile(r"(?:facts )?§ ?[0-9]+(?:\.[0-9]+)*")  # a section number, cited in any form
 
 
 def _ledger_commit(path: Path) -> tuple[str | None, str | None]:
@@ -170,7 +170,7 @@ def _ledger_commit(path: Path) -> tuple[str | None, str | None]:
         return tuple(commits[0])
     for sha, date in commits:
         now, before = (_git("show", f"{rev}:{rel}") for rev in (sha, f"{sha}^"))
-        if before.returncode != 0 or _CITATION.sub("(§)", now.stdout) != _CITATION.sub("(§)", before.stdout):
+        if before.returncode != 0 or _CITATION.sub("§", now.stdout) != _CITATION.sub("§", before.stdout):
             return sha, date
     return tuple(commits[-1])
 

@@ -1,0 +1,233 @@
+"""The map (issue 10): BN − baseline across learning rates and init stds, paired by seed.
+
+Writes results/fig1/map/: runs.csv, meta.json, map.png, report.md. The grid, the statistics and the
+cell marks are fixed by its ledger, results/fig1/map/claims.yaml.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from repro.report import fmt, load_ledger, md_table, run_meta, save_figure, write_outputs
+from repro.report.pipeline import render as render_from_files
+from repro.report.runs import Selection, ledger_provenance, select_runs
+from repro.report.stats import METHOD_NOTE, REPRODUCED, steps_to_reach, summarize, value_at, verdict
+
+BASE, BN = "fig1_baseline", "fig1_bn"
+EXPERIMENTS = [BASE, BN]
+
+
+def cell_overrides(ledger: dict, lr: float, std: float, extra: tuple[str, ...]) -> tuple[str, ...]:
+    """The overrides that make the Figure 1 recipe one cell of the map, as `repro.stacked --map` runs it."""
+    from repro.stacked import MAP_SETTINGS, schedule
+
+    return (f"optim.lr={lr}", f"model.init_std={std}", *schedule(ledger["grid"]), *MAP_SETTINGS, *extra)
+
+
+def build(runs_dir: Path, out: Path, claims: Path, steps: int | None = None, scale: str = "cpu",
+          extra: tuple[str, ...] = ()) -> Path:
+    """Select every cell's runs, write runs.csv and meta.json, render the report from them."""
+    ledger = load_ledger(claims)
+    if steps is not None:  # a shorter map than the ledger's, reported as such
+        ledger["grid"]["steps"] = steps
+    rows, cells, merged = [], {}, Selection({BASE: [], BN: []}, [], {}, {})
+    for lr in ledger["grid"]["lr"]:
+        for std in ledger["grid"]["init_std"]:
+            sel = select_runs(runs_dir, EXPERIMENTS, scale, cell_overrides(ledger, lr, std, extra))
+            for e, rs in sel.runs.items():
+                merged.runs[e] += rs
+                for r in rs:
+                    cells[r.name] = [lr, std]
+                    rows += [(r.name, r.seed, s, "test_acc", a) for s, a in zip(*r.curve("test_acc"))]
+            merged.missing |= {f"{e} lr={lr} std={std}": m for e, m in sel.missing.items()}
+            merged.identity |= {f"{e} lr={lr} std={std}": h for e, h in sel.identity.items()}
+    used = [r for rs in merged.runs.values() for r in rs]
+    meta = run_meta(merged, ledger_provenance(claims, used))
+    first = used[0]
+    meta |= {"figure": "fig1_map", "scale": scale, "runs_dir": str(runs_dir), "claims": str(claims), "overrides": [],
+             "cells": cells, "steps": ledger["grid"]["steps"], "data": first.summary["data"],
+             "env": {k: first.env.get(k) for k in ("device", "device_name", "torch", "cpu_threads")},
+             "best_acc": {r.name: r.summary["best_test_acc"] for r in used}}
+    write_outputs(Path(out), rows, meta)
+    return render_from_files(Path(out), Path(out))
+
+
+# ----------------------------------------------------------------------------------------------
+# Per cell: the paired statistics and the marks
+
+
+def _at(curve, step: int, diverged: bool) -> float:
+    """The accuracy at `step`; a shorter run's last evaluation, but nothing for a run that diverged before it."""
+    steps, values = curve
+    if step > steps[-1] and diverged:
+        return math.nan
+    return value_at(steps, values, min(step, steps[-1]))
+
+
+def cell_table(long, meta: dict, ledger: dict) -> dict:
+    """(lr, std) -> {"marks": {net: mark}, stat_key: Summary} with seeds paired across the two nets."""
+    by = {}
+    for r in meta["runs"]:
+        by.setdefault(tuple(meta["cells"][r["run"]]), {}).setdefault(r["experiment"], {})[r["seed"]] = r
+    target, floor, out = ledger["target"], ledger["never_learns_below"], {}
+    for cell, nets in by.items():
+        seeds = sorted(set(nets.get(BASE, {})) & set(nets.get(BN, {})))
+        marks = {}
+        for e in EXPERIMENTS:
+            rs = nets.get(e, {}).values()
+            if any(r["status"] == "diverged" for r in rs):
+                marks[e] = "diverged"
+            elif rs and all((meta["best_acc"][r["run"]] or 0) < floor for r in rs):
+                marks[e] = "never learns"
+        curves = {e: [long.curve(nets[e][s]["run"], "test_acc") for s in seeds] for e in EXPERIMENTS}
+        reach = {e: [steps_to_reach(*c, target) for c in curves[e]] for e in EXPERIMENTS}
+        gaps = [b - n if not (math.isinf(b) and math.isinf(n)) else math.nan for b, n in zip(reach[BASE], reach[BN])]
+        row = {"seeds": seeds, "marks": marks, "reach": reach,
+               "steps_gap_to_target": summarize([g for g in gaps if not math.isnan(g)]) if any(
+                   not math.isnan(g) for g in gaps) else None}
+        for step in ledger["checkpoints"]:
+            row[f"acc_{step}"] = {e: [_at(c, step, nets[e][s]["status"] == "diverged") for c, s in zip(curves[e], seeds)]
+                                  for e in EXPERIMENTS}
+            row[f"acc_gap_{step}"] = summarize([n - b for b, n in zip(row[f"acc_{step}"][BASE], row[f"acc_{step}"][BN])])
+        out[cell] = row
+    return out
+
+
+def _steps_text(reach: list[float]) -> str:
+    return ", ".join("never" if math.isinf(v) else f"{v:,.0f}" for v in reach)
+
+
+def _interval(s) -> str:
+    if s is None:
+        return "neither reaches"
+    if math.isnan(s.lo):
+        return f"{fmt(s.mean)} (no interval: {s.method})"
+    return f"{fmt(s.mean)} [{fmt(s.lo)}, {fmt(s.hi)}]"
+
+
+def read_at(step: int, steps: int) -> str:
+    """Where an accuracy "at `step`" was read in runs of `steps` steps."""
+    return f"{step:,}" if step <= steps else f"{steps:,} (the runs' end; the ledger asks {step:,})"
+
+
+def plot_map(table: dict, ledger: dict, path: Path) -> None:
+    lrs, stds, steps = ledger["grid"]["lr"], ledger["grid"]["init_std"], ledger["grid"]["steps"]
+    panels = [("steps_gap_to_target", f"steps to {ledger['target']:.0%}: baseline − BN"),
+              *[(f"acc_gap_{s}", f"accuracy at {min(s, steps):,} steps: BN − baseline") for s in ledger["checkpoints"]]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.2))
+    for ax, (key, title) in zip(axes, panels):
+        grid = np.full((len(stds), len(lrs)), np.nan)
+        for (lr, std), row in table.items():
+            s = row[key]
+            if s is not None and math.isfinite(s.mean):
+                grid[stds.index(std), lrs.index(lr)] = s.mean
+        lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+        im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
+        for (lr, std), row in table.items():
+            s, mark = row[key], "\n".join(f"{'BN' if e == BN else 'base'} {m}" for e, m in row["marks"].items())
+            if s is None:
+                text = "neither\nreaches"
+            elif math.isinf(s.mean):
+                text = "BN only" if s.mean > 0 else "base only"
+            elif math.isnan(s.mean):
+                text = "—"
+            elif math.isnan(s.lo):
+                text = f"{s.mean:.3g}"
+            else:
+                text = f"{s.mean:.2g}\n[{s.lo:.2g},\n{s.hi:.2g}]"
+            ax.text(lrs.index(lr), stds.index(std), text + (f"\n{mark}" if mark else ""), ha="center", va="center",
+                    fontsize=6.5)
+        ax.set_xticks(range(len(lrs)), [str(v) for v in lrs])
+        ax.set_yticks(range(len(stds)), [str(v) for v in stds])
+        ax.set(xlabel="learning rate", ylabel="init std", title=title)
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"BN vs baseline across the map (mean over seeds [95% interval]; {ledger['grid']['steps']:,} steps)")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+def render(long, meta: dict, ledger: dict, out: Path) -> str:
+    planned, ledger["grid"]["steps"] = ledger["grid"]["steps"], meta["steps"]
+    table = cell_table(long, meta, ledger)
+    plot_map(table, ledger, out / "map.png")
+    cells = sorted(table)
+    # The Figure 1 rule (results/fig1/claims.yaml): the baseline's best mean accuracy at 5,000 steps (the
+    # ledger's first checkpoint), ties to the smaller rate.
+    early = ledger["checkpoints"][0]
+    best = max(cells, key=lambda c: (np.mean(table[c][f"acc_{early}"][BASE]), -c[0]))
+    verdicts = {c: verdict(table[c]["steps_gap_to_target"], ">", 0.0) if table[c]["steps_gap_to_target"] else None
+                for c in cells}
+    comparable = [c for c in cells if verdicts[c] is not None]
+    faster = [c for c in comparable if verdicts[c] == REPRODUCED]
+    slower = [c for c in comparable if verdicts[c].strip("*") == "not reproduced"]
+    b = table[best]["steps_gap_to_target"]
+    pct = f"{ledger['target']:.0%}"
+    headline = (f"**BN reaches {pct} in fewer steps in {len(faster)} of {len(comparable)} settings** (interval of the "
+                f"per-seed gap above 0; the baseline is faster in {len(slower)}, the rest inconclusive; "
+                f"{len(cells) - len(comparable)} settings where neither net reaches {pct} in any seed are not counted); "
+                f"at the baseline's best setting (lr {best[0]}, init std {best[1]}) by {_interval(b)} steps.")
+    rows = []
+    for c in cells:
+        t = table[c]
+        marks = "; ".join(f"{'BN' if e == BN else 'baseline'} {m}" for e, m in t["marks"].items()) or ""
+        rows.append([c[0], c[1], _steps_text(t["reach"][BASE]), _steps_text(t["reach"][BN]),
+                     _interval(t["steps_gap_to_target"]), verdicts[c] or "—",
+                     *[_interval(t[f"acc_gap_{s}"]) for s in ledger["checkpoints"]], marks])
+    claim_rows = []
+    for claim in ledger["claims"]:
+        key = "steps_gap_to_target" if claim["statistic"] == "steps_gap_to_target" else f"acc_gap_{claim['step']}"
+        vs = [verdict(table[c][key], claim["op"], float(claim["threshold"])) for c in cells if table[c][key]]
+        n_rep = sum(v == REPRODUCED for v in vs)
+        n_not = sum(v.strip("*") == "not reproduced" for v in vs)
+        where = f" (read at {read_at(claim['step'], meta['steps'])})" if "step" in claim and claim["step"] > meta["steps"] else ""
+        claim_rows.append([claim["id"], claim["paper"] + where, f"{n_rep} of {len(vs)}", f"{n_not} of {len(vs)}",
+                           f"{len(vs) - n_rep - n_not} of {len(vs)}", _interval(table[best][key])])
+    data, steps, n_runs = meta["data"], meta["steps"], len(meta["runs"])
+    scope = (f"**A shorter map than the ledger's {planned:,} steps: {steps:,} steps per run** (the time available); "
+             "an accuracy asked for at a later step reads the last evaluation." if steps < planned else
+             f"{steps:,} steps per run, as the ledger says.")
+    div = [f"{r['run']} (step {r['diverged_at']:,})" for r in meta["runs"] if r["status"] == "diverged"]
+    return f"""# Figure 1, beyond the paper: BN's advantage across rates and inits (cpu scale)
+
+Built by `python -m repro.report fig1-map --runs-dir {meta['runs_dir']}` from runs made by `make fig1-map`
+(`python -m repro.stacked --map {meta['claims']}`); `python -m repro.report verify` rebuilds every number from
+`runs.csv` and `meta.json` beside this file. Ledger: `{meta['claims']}` (grid, statistics and marks fixed
+before the runs; ledger commit `{(meta['ledger']['ledger_commit'] or 'uncommitted')[:10]}`).
+
+{headline}
+
+## What was run
+| | |
+|---|---|
+| data | {data['dataset']}: {data['source']} — **{data['n_train']:,} training / {data['n_test']:,} test images**, binarized={data['binarized']} |
+| grid | {', '.join(map(str, ledger['grid']['lr']))} (rate) x {', '.join(map(str, ledger['grid']['init_std']))} (init std) x seeds {ledger['grid']['seeds']} x 2 nets = {n_runs} runs |
+| steps | {scope} Batch 60, plain SGD at a constant rate, the Figure 1 network with and without BN |
+| evaluation | whole test set every {ledger['grid']['eval_every']} steps; steps to {ledger['target']:.0%} interpolated between evaluations |
+| pairing | the members of one seed share their batch order and, per net, their initial weights' seed: each BN − baseline difference is paired by seed |
+| hardware | {meta['env']['device']} ({meta['env']['device_name'] or 'cpu'}), torch {meta['env']['torch']}; trained by `repro.stacked` (one process per net, every member of a seed stacked) |
+
+Runs: {n_runs} used; missing: {meta['missing_seeds'] or 'none'}; excluded: {len(meta['excluded'])}; diverged: {', '.join(div) or 'none'}.
+
+## Across the map
+{md_table(['claim', 'statement', 'cells reproduced', 'cells not reproduced', 'inconclusive', f'at the baseline best (lr {best[0]}, std {best[1]})'], claim_rows)}
+{METHOD_NOTE} A cell's steps statistic uses the seeds where at least one net reaches {ledger['target']:.0%}; a seed where
+only one net reaches it gives an infinite gap, and such a cell is decided only if every seed lies on one side.
+
+![map](map.png)
+
+## Every cell
+Steps to {ledger['target']:.0%} per seed ({', '.join(map(str, ledger['grid']['seeds']))}), the gap baseline − BN (mean [95% interval]) and its verdict for
+"BN reaches {ledger['target']:.0%} in fewer steps", and the accuracy gaps BN − baseline. Marks: *diverged* (loss
+NaN/inf), *never learns* (best test accuracy below {ledger['never_learns_below']} in every seed).
+
+{md_table(['lr', 'init std', 'baseline steps', 'BN steps', 'steps gap', 'BN faster?',
+           *[f'acc gap at {read_at(s, steps)}' for s in ledger['checkpoints']], 'marks'], rows)}
+"""
