@@ -20,16 +20,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 
-from repro import loaders, records, resume
+from repro import loaders, mapgrid, records, resume, wandb_mirror
 from repro.config import Config, compose
 from repro.data import load_splits
 from repro.errors import ReproError
@@ -212,7 +210,7 @@ class Member:
         torch.manual_seed(cfg.seed)  # as repro.train: the same seed gives the same initial weights
         self.net = build_model(cfg.model, 1, 10, 28).to(device)
         self.ckpt = None if self.run_dir is None or self.finished else records.load_checkpoint(self.run_dir)
-        self.lock = self.log = None
+        self.lock = self.log = self.wandb_id = None
 
     def start(self, env: dict) -> None:
         if self.ckpt is not None:
@@ -224,7 +222,9 @@ class Member:
         resume.remove_stale_temporaries(self.run_dir)
         records.write_run_header(self.run_dir, self.cfg, env | {"data": self.describe, "run_dir": str(self.run_dir)})
         ck = self.ckpt
-        self.log = records.MetricsLog(self.run_dir, self.cfg, ck["step"] if ck else None, ck["wandb_id"] if ck else None)
+        self.wandb_id = (ck["wandb_id"] if ck else None) or wandb_mirror.new_id()  # one wandb run per run directory
+        self.log = records.MetricsLog(self.run_dir, ck["step"] if ck else None,
+                                      wandb_mirror.start(self.run_dir, self.cfg, self.wandb_id))
         self.wall0, self.resumes = (ck["wall"], ck.get("resumes", []) + [ck["step"]]) if ck else (0.0, [])
 
     def finish(self, steps: int, wall: float) -> dict:
@@ -237,7 +237,7 @@ class Member:
             "final_test_acc": accs[-1] if accs and done else None, "best_test_acc": max(accs) if accs else None,
             "lr_base": cfg.optim.lr, "lr_peak": peak_lr(cfg.optim), "world_size": 1,
             "global_batch": cfg.train.batch_size, "wall_s": round(self.wall0 + wall, 2), "data": self.describe,
-            "resumed_from": self.resumes, "stacked": True,
+            "resumed_from": self.resumes, "wandb_id": self.wandb_id, "stacked": True,
         }
         records.write_json(self.run_dir / "summary.json", summary)
         self.log.close(summary)
@@ -254,7 +254,7 @@ def _checkpoint(stack: Stack, members: list[Member], stream, step: int, wall: fl
         records.save_checkpoint(mb.run_dir, {
             "model": stack.state_dict(j, mb.cfg.model.norm), "optimizer": optimizer.state_dict(),
             "data": stream.state_dict(), "rng": rng, "step": step, "wall": mb.wall0 + wall,
-            "wandb_id": mb.log.wandb_id, "losses": [window[:, j].clone()], "identity": resume.run_identity(mb.cfg),
+            "wandb_id": mb.wandb_id, "losses": [window[:, j].clone()], "identity": resume.run_identity(mb.cfg),
             "data_identity": mb.describe, "resumes": mb.resumes})
 
 
@@ -307,9 +307,11 @@ def run(overrides: list[str]) -> list[dict]:
         stacks = [_stack_of(seed, ms, splits, t, env) for seed, ms in sorted(by_seed.items())]
         if stacks:
             summaries += _train(stacks, splits, t)
-    finally:  # an error or Ctrl-C leaves no lock behind; checkpoints are the resume points
+    finally:  # an error or Ctrl-C leaves no lock behind (and no wandb run open); checkpoints are the resume points
         for ms in by_seed.values():
             for m in ms:
+                if m.log is not None:
+                    m.log.close(failed=True)  # a no-op for a member that finished
                 resume.release(m.lock)
     return summaries
 
@@ -370,41 +372,12 @@ def _train(stacks: list[dict], splits, t) -> list[dict]:
 _ORDER = ("step", "lr", "wall", "loss", "test_acc", "test_loss", "probe")
 
 
-# How the map runs (the grid itself is in its ledger): evaluations and probes as the ledger says,
-# checkpoints to resume from, one single-threaded process per net on a 2-core machine.
-MAP_SETTINGS = ["train.log_every=500", "train.checkpoint_every=5000", "train.threads=1",
-                "train.compile=true", "logger.wandb.mode=disabled", "logger.progress=off", "resume=auto"]
-
-
-def map_commands(ledger: Path, extra: list[str]) -> list[list[str]]:
-    """One `python -m repro.stacked` command per net of the ledger's grid (they share batch orders by seed)."""
-    g = yaml.safe_load(Path(ledger).read_text())["grid"]
-    grid = [f"optim.lr={','.join(map(str, g['lr']))}", f"model.init_std={','.join(map(str, g['init_std']))}",
-            f"seed={','.join(map(str, g['seeds']))}", *schedule(g)]
-    scale = [] if any(o.startswith("scale=") for o in extra) else ["scale=cpu"]
-    return [[sys.executable, "-m", "repro.stacked", f"experiment={e}", *grid, *scale, *MAP_SETTINGS, *extra]
-            for e in g["experiments"]]
-
-
-def schedule(grid: dict) -> list[str]:
-    """The ledger's steps, evaluations and probes as overrides."""
-    return [f"train.steps={grid['steps']}", f"train.eval_every={grid['eval_every']}",
-            f"train.probe_every={grid['probe_every']}"]
-
-
-def run_map(ledger: Path, extra: list[str]) -> int:
-    """Run the map's processes side by side; the exit status of the first that fails, else 0."""
-    procs = [subprocess.Popen(c) for c in map_commands(ledger, extra)]
-    codes = [p.wait() for p in procs]
-    return next((c for c in codes if c), 0)
-
-
 def main(argv: list[str] | None = None) -> int:
     """`python -m repro.stacked OVERRIDES`, or `--map LEDGER [OVERRIDES]` for the whole map."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--map"]:
-        return run_map(Path(args[1]), args[2:])
+        return mapgrid.run_map(Path(args[1]), args[2:])
     try:
         t0 = time.perf_counter()
         summaries = run(args)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from repro import stacked
+from repro import mapgrid, stacked
 from repro.config import compose
 from repro.loaders import InMemoryStream
 from repro.train import run
@@ -109,7 +109,7 @@ def test_map_report_marks_cells_and_rebuilds_from_its_files(tmp_path):
         "claims": [{"id": "faster", "paper": "p", "statistic": "steps_gap_to_target", "op": ">", "threshold": 0.0},
                    {"id": "ahead", "paper": "p", "statistic": "acc_gap_at", "step": 200, "op": ">", "threshold": 0.0}]}))
     extra = ["scale=smoke", "train.compile=false", f"runs_dir={tmp_path / 'runs'}"]
-    for cmd in stacked.map_commands(ledger, extra):
+    for cmd in mapgrid.map_commands(ledger, extra):
         stacked.run(cmd[3:])  # what each spawned `python -m repro.stacked` process runs
     out = fig1_map.build(tmp_path / "runs", tmp_path / "out", ledger, scale="smoke", extra=tuple(extra[1:2]))
     text = (out / "report.md").read_text()
