@@ -377,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--map"]:
+        if len(args) < 2 or not Path(args[1]).is_file():
+            print(f"error: --map needs the map's ledger, e.g. results/fig1/map/claims.yaml "
+                  f"(got {args[1] if len(args) > 1 else 'nothing'})", file=sys.stderr)
+            return 2
         return mapgrid.run_map(Path(args[1]), args[2:])
     try:
         t0 = time.perf_counter()
