@@ -12,7 +12,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from repro.config import Config
 from tests.conftest import EXPERIMENTS, ROOT, compose_config
 
-SCALES = ("smoke", "cpu", "gpu", "paper")
+SCALES = ("smoke", "cpu", "cpu_long", "gpu", "paper")
 
 
 def _recipe_exists(family: str, scale: str) -> bool:
@@ -40,6 +40,22 @@ def test_fig1_protocol_matches_paper():
         assert cfg.data.binarize
     a, b = (compose_config([f"experiment={e}", "scale=cpu"]) for e in ("fig1_baseline", "fig1_bn"))
     assert (a.optim, a.model.init_std) == (b.optim, b.model.init_std)  # same optimizer for both nets
+
+
+@pytest.mark.parametrize("experiment", ["inception", "bn_x5", "bn_x5_sigmoid"])
+def test_cpu_long_is_the_cpu_recipe_four_times_as_long(experiment):
+    """Only the length changes, with the schedule and the evaluation grid stretched to match: the
+    same 24 evaluations (the plateau precondition's last 6 are the last quarter) and decay every steps / 30."""
+    cpu = compose_config([f"experiment={experiment}", "scale=cpu"])
+    long = compose_config([f"experiment={experiment}", "scale=cpu_long"])
+    assert long.train.steps == 4 * cpu.train.steps
+    assert long.train.steps // long.train.eval_every == cpu.train.steps // cpu.train.eval_every == 24
+    assert long.optim.decay_steps * 30 == long.train.steps and cpu.optim.decay_steps * 30 == cpu.train.steps
+    for key in ("train", "optim", "model", "data"):
+        a, b = (vars(getattr(c, key)).copy() for c in (cpu, long))
+        for k in ("steps", "eval_every", "log_every", "checkpoint_every", "decay_steps"):
+            a.pop(k, None), b.pop(k, None)
+        assert a == b, key
 
 
 def test_unknown_key_fails_at_compose():

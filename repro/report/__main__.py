@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 from repro.errors import ReproError
+from repro.report.pipeline import FIGURES
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.report", description=__doc__)
-    parser.add_argument("figure", choices=["fig1", "fig1-map", "fig2", "fig4", "verify"])
-    parser.add_argument("--scale", default="cpu", help="smoke | cpu | gpu | paper")
+    parser.add_argument("figure", choices=["fig1", "fig1-map", "fig2", "fig2-plateau", "fig4", "verify"])
+    parser.add_argument("--scale", default="cpu", help="smoke | cpu | cpu_long | gpu | paper")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--claims", type=Path, default=None, help="claims ledger (default results/<fig>/claims.yaml)")
@@ -47,14 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from repro.report.pipeline import build, build_from_cache
 
-            claims = args.claims or Path("results") / args.figure / "claims.yaml"
-            kwargs = {"limit": args.limit} if args.figure == "fig4" else {}
+            figure = args.figure.replace("-", "_")  # fig2-plateau: Inception's plateau check, on Figure 2's ledger
+            claims = args.claims or Path("results") / figure.split("_")[0] / "claims.yaml"
+            kwargs = {"limit": args.limit} if figure == "fig4" else {}
             if args.from_evaluations:
-                path = build_from_cache(args.figure, args.from_evaluations, args.scale, args.out, claims)
+                path = build_from_cache(figure, args.from_evaluations, args.scale, args.out, claims)
             else:
-                path = build(args.figure, args.runs_dir or Path("runs"), args.scale, args.out, claims,
+                path = build(figure, args.runs_dir or Path("runs"), args.scale, args.out, claims,
                              tuple(args.override), **kwargs)
-        if args.figure != "fig1-map":  # the map report has no claims table of the per-figure form
+        if args.figure in FIGURES:  # the map and the plateau check have no claims table of the per-figure form
             from repro.wandb_mirror import log_report
 
             if (logged := log_report(path, args.runs_dir or Path("runs"), args.wandb)) is not None:

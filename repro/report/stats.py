@@ -58,6 +58,17 @@ def plateau_gain(values: np.ndarray, k: int) -> float:
     return float(values[-k:].max() - values[:-k].max())
 
 
+def plateau_step(steps: np.ndarray, values: np.ndarray, x: float) -> float:
+    """The first evaluation step after which the curve never beats its best so far by more than `x`:
+    where, looking back, the run had plateaued; inf if no evaluation before the last one qualifies."""
+    values = np.asarray(values, dtype=float)
+    later_best = np.maximum.accumulate(values[::-1])[::-1]  # best at or after each evaluation
+    for i in range(len(values) - 1):
+        if later_best[i + 1] - values[: i + 1].max() <= x:
+            return float(steps[i])
+    return math.inf
+
+
 def ratio(a: float, b: float) -> float:
     """a / b with x/0 = inf for x > 0 (a network that never reaches a target took infinitely long)."""
     return a / b if b else (math.inf if a else math.nan)
