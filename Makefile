@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # Variables: `make TARGET VAR=value`; `make help` lists the lines starting with `#>`.
-#> SCALE  smoke | cpu | gpu | paper: the recipe size (default cpu)
+#> SCALE  smoke | cpu | cpu_long | gpu | paper: the recipe size (default cpu; cpu_long: Figures 2-4 only)
 SCALE ?= cpu
 #> SEEDS  seeds to train, comma-separated (default 1,2,3)
 SEEDS ?= 1,2,3
@@ -19,7 +19,7 @@ OUT ?= $(RUNS)/results
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 fig1-map report-fig1-map report-fig1 report-fig2 report-fig4 test verify bench gpu-check lint clean
+.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 fig2-plateau fig1-map report-fig1-map report-fig1 report-fig2 report-fig4 test verify bench gpu-check lint clean
 
 help: ## List the targets and variables (colour only on a terminal)
 	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
@@ -56,6 +56,12 @@ reproduce-fig2: install data ## Figures 2-3: the six Inception variants for SEED
 
 report-fig2: install ## Rebuild the Figures 2-3 report from recorded runs
 	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
+
+fig2-plateau: install data ## Does Inception plateau at SCALE (default cpu_long, ~1 h on one core)? One seed, then OUT/fig2_plateau/SCALE/
+	$(PY) scripts/need_data.py experiment=inception scale=$(PLATEAU_SCALE) "make $@"
+	$(PY) -m repro.train experiment=inception scale=$(PLATEAU_SCALE) seed=1 resume=auto runs_dir=$(RUNS) train.threads=1
+	$(PY) -m repro.report fig2-plateau --scale $(PLATEAU_SCALE) --runs-dir $(RUNS) --out $(OUT)
+PLATEAU_SCALE = $(if $(filter command line,$(origin SCALE)),$(SCALE),cpu_long)
 
 FIG4 := bn_x30,ensemble_1,ensemble_2,ensemble_3,ensemble_4,ensemble_5,ensemble_6
 reproduce-fig4: install data ## Figure 4: BN-x30 and the six ensemble members at SCALE, then multi-crop/ensemble/population evaluation and OUT/fig4/SCALE/

@@ -123,7 +123,7 @@ Six variants, one seed, at this length: about **{hours:.1f} h on {CORES} cores**
 |---|---|
 | data | {data['dataset']}: {data['source']} — {data['n_train']:,} training / {data['n_test']:,} validation images |
 | network | `{m['name']}` at width {m['width']}, small-input stem={m['small_input']} (as at cpu scale) |
-| steps, schedule | {t['steps']:,} steps of {t['batch_size']} ({t['steps'] // ref['steps']}x cpu scale's {ref['steps']:,}); SGD, momentum {o['momentum']}, rate {o['lr']} decayed by {o['decay_rate']} every {o['decay_steps']} steps (steps / 30, as at cpu scale), so it ends at {lr_end:.2f} of its start |
+| steps, schedule | {t['steps']:,} steps of {t['batch_size']} ({t['steps'] / ref['steps']:g}x cpu scale's {ref['steps']:,}); SGD, momentum {o['momentum']}, rate {o['lr']} decayed by {o['decay_rate']} every {o['decay_steps']} steps (steps / 30, as at cpu scale), so it ends at {lr_end:.2f} of its start |
 | evaluation | single-crop top-1 on the {data['n_test']:,} validation images every {t['eval_every']} steps ({t['steps'] // t['eval_every']} evaluations, as at cpu scale: the precondition's last {k} are the last {k * t['eval_every']:,} steps) |
 | hardware | {meta['env']['device']}, torch {meta['env']['torch']}, {meta['env']['cpu_threads']} thread(s) |
 
@@ -143,7 +143,7 @@ each scale is judged at its own end, as the ledger's precondition is.
 
 ## Cost of Figures 2-3 at this length
 Each variant's cpu-scale wall times on one thread (`{ref['dir']}/meta.json`; runs shared the 2 cores with
-other jobs, so the least contended one is taken as the machine's speed), scaled by {t['steps'] // ref['steps']}:
+other jobs, so the least contended one is taken as the machine's speed), scaled by {t['steps'] / ref['steps']:g}:
 
 {md_table(["variant", f"cpu-scale wall times (s, {ref['steps']:,} steps)", f"estimate at {t['steps']:,} steps (min)"], costs)}
 Six runs two at a time on {CORES} cores: about {hours:.1f} h, a lower bound (it assumes the least contended
