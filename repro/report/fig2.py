@@ -131,8 +131,12 @@ def plot(curves: dict, st: dict, path: Path, scale: str) -> None:
         ax.fill_between(steps, mean - std, mean + std, color=COLORS[v], alpha=0.2, lw=0)
     target = np.nanmean([x["target"] for x in st.values()])
     ax.axhline(target, color="k", lw=0.8, ls=":", label="Inception's max (mean over seeds)")
-    ax.set(xlabel="training steps", ylabel="validation accuracy (single crop)",
-           title=f"Figure 2 ({scale} scale): mean ± std over seeds")
+    finish_plot(fig, ax, f"Figure 2 ({scale} scale): mean ± std over seeds", path)
+
+
+def finish_plot(fig, ax, title: str, path: Path) -> None:
+    """Validation accuracy against steps: axes, grid and legend, written to `path`."""
+    ax.set(xlabel="training steps", ylabel="validation accuracy (single crop)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     save_figure(fig, path)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from repro.report import Long, md_table, read_long, runs_by_experiment, runs_section, save_figure
-from repro.report.fig2 import PAPER, VARIANTS
+from repro.report import Long, md_table, read_long, runs_by_experiment, runs_section
+from repro.report.fig2 import PAPER, VARIANTS, finish_plot
 from repro.report.runs import ROOT
 from repro.report.stats import plateau_gain, plateau_step
 
@@ -81,12 +81,7 @@ def plot(long: Long, meta: dict, path: Path) -> None:
         ax.plot(*curve(long, r["run"]), color="tab:blue", label=f"{meta['scale']}: {r['run']}")
     for r in [r for r in meta["reference"]["runs"] if r["experiment"] == "inception"]:
         ax.plot(*curve(long, r["run"]), color="tab:gray", alpha=0.7, lw=1, label=f"cpu: seed {r['seed']}")
-    ax.set(xlabel="training steps", ylabel="validation accuracy (single crop)",
-           title=f"Inception at {meta['scale']} scale against cpu scale")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    save_figure(fig, path)
-    plt.close(fig)
+    finish_plot(fig, ax, f"Inception at {meta['scale']} scale against cpu scale", path)
 
 
 def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
