@@ -194,6 +194,14 @@ def test_missing_seed_is_said(fig1_runs, tmp_path):
     assert sel.missing == {"fig1_bn": [2]} and [r.seed for r in sel.runs["fig1_bn"]] == [1]
 
 
+def test_a_one_seed_figure_takes_only_its_seeds(fig1_runs):
+    """Figure 4 is made from seed 1: another figure's seed-2 runs of the same experiment are neither
+    used nor reported missing for the others."""
+    sel = select_runs(fig1_runs, ["fig1_baseline", "fig1_bn"], "smoke", seeds=(1,))
+    assert sel.missing == {} and [r.seed for rs in sel.runs.values() for r in rs] == [1, 1]
+    assert select_runs(fig1_runs, ["fig1_bn"], "smoke", seeds=(1, 3)).missing == {"fig1_bn": [3]}
+
+
 def test_verify_rebuilds_and_names_a_changed_number(fig1_runs, tmp_path):
     results = tmp_path / "results"
     out = build("fig1", fig1_runs, "smoke", results, FIG1_CLAIMS)

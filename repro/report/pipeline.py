@@ -25,7 +25,7 @@ def build(figure: str, runs_dir: Path, scale: str, out_root: Path, claims_path: 
           overrides: tuple[str, ...] = (), **kwargs) -> Path:
     """Select the recipe's runs, write runs.csv and meta.json, then render the report from them."""
     module = importlib.import_module(f"repro.report.{figure}")
-    sel = select_runs(runs_dir, module.EXPERIMENTS, scale, tuple(overrides))
+    sel = select_runs(runs_dir, module.EXPERIMENTS, scale, tuple(overrides), getattr(module, "SEEDS", None))
     out = Path(out_root) / figure / scale
     rows, meta = module.collect(sel, out=out, scale=scale, **kwargs)
     used = [r for rs in sel.runs.values() for r in rs]

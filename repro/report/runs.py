@@ -96,8 +96,10 @@ class Selection:
     identity: dict[str, str]  # experiment -> the recipe's identity hash
 
 
-def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: tuple[str, ...] = ()) -> Selection:
-    """The runs of `experiments` at `scale` under `runs_dir` that match the recipe, and why the others do not."""
+def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: tuple[str, ...] = (),
+                seeds: tuple[int, ...] | None = None) -> Selection:
+    """The runs of `experiments` at `scale` under `runs_dir` that match the recipe, and why the others do not.
+    With `seeds` (a figure made from those seeds only, as Figure 4 from seed 1) other seeds are not candidates."""
     recipes = {e: recipe_config(e, scale, overrides) for e in experiments}
     identity = {e: records.identity_hash(c) for e, c in recipes.items()}
     chosen: dict[tuple[str, int], Run] = {}
@@ -106,6 +108,8 @@ def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: t
         run = read_run(cfg_path.parent)
         if run.experiment not in experiments or run.config.get("scale", {}).get("name") != scale:
             continue  # another figure's or another scale's run: not a candidate
+        if seeds is not None and run.seed not in seeds:
+            continue  # a seed the figure does not use (Figure 2's seeds 2-3 of BN-x30 for Figure 4)
         if run.identity != identity[run.experiment]:
             diff = differing_keys(run.config, recipes[run.experiment])
             excluded.append(f"{run.name}: settings differ from the recipe: {'; '.join(diff[:6])}"
@@ -123,7 +127,7 @@ def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: t
         raise ReproError(f"no finished {scale}-scale runs of {absent} with the recipe's settings under {runs_dir}"
                          + (f" ({len(excluded)} excluded: {'; '.join(excluded[:3])})" if excluded else "")
                          + f": run them first (e.g. python -m repro.train -m experiment={','.join(absent)} scale={scale})")
-    seeds = sorted({r.seed for rs in runs.values() for r in rs})
+    seeds = sorted(seeds or {r.seed for rs in runs.values() for r in rs})
     missing = {e: [s for s in seeds if s not in {r.seed for r in rs}] for e, rs in runs.items()}
     return Selection(runs, excluded, {e: m for e, m in missing.items() if m}, identity)
 
