@@ -73,7 +73,7 @@ report-fig4: install ## Rebuild the Figure 4 report (multi-crop, ensemble, popul
 	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
 MAP := results/fig1/map/claims.yaml
-fig1-map: install data ## Figure 1 beyond the paper: both nets x 6 rates x 3 inits x 3 seeds, 50k steps, stacked (~30 min on 2 cores), then results/fig1/map/
+fig1-map: install data ## Figure 1 beyond the paper: both nets x 6 rates x 3 inits x 3 seeds, 50k steps, stacked (~40 min on 2 cores), then results/fig1/map/
 	$(PY) -m repro.stacked --map $(MAP) runs_dir=$(RUNS)/fig1_map
 	$(PY) -m repro.report fig1-map --runs-dir $(RUNS)/fig1_map --out $(OUT)
 

@@ -94,7 +94,7 @@ def run_map(steps: int, runs_dir: str | None, cpu: list) -> float:
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-        done = [p for p in Path(out).glob("*/summary.json")]
+        done = list(Path(out).glob("*/summary.json"))
         print(f"map: {len(done)} runs finished in {out}")
     return wall
 

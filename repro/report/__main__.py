@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             from repro.report.pipeline import build, build_from_cache
 
             figure = args.figure.replace("-", "_")  # fig2-plateau: Inception's plateau check, on Figure 2's ledger
-            claims = args.claims or Path("results") / figure.split("_")[0] / "claims.yaml"
+            claims = args.claims or Path("results") / figure.removesuffix("_plateau") / "claims.yaml"
             kwargs = {"limit": args.limit} if figure == "fig4" else {}
             if args.from_evaluations:
                 path = build_from_cache(figure, args.from_evaluations, args.scale, args.out, claims)

@@ -143,5 +143,5 @@ other jobs, so the least contended one is taken as the machine's speed), scaled 
 {md_table(["variant", f"cpu-scale wall times (s, {ref['steps']:,} steps)", f"estimate at {t['steps']:,} steps (min)"], costs)}
 Six runs two at a time on {CORES} cores: about {hours:.1f} h, a lower bound (it assumes the least contended
 speed and perfect pairing). The long Inception run itself took {", ".join(f"{w / 60:,.0f}" for w in measured)} min against the
-estimate's {costs[0][-1]} min: the ratio is how much the machine was shared while it ran.
+estimate's {costs[VARIANTS.index("inception")][-1]} min: the ratio is how much the machine was shared while it ran.
 """
