@@ -21,7 +21,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -29,29 +28,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-import repro.models  # noqa: F401  (registers the paper's networks with timm)
-from repro import dist, loaders, progress, records, resume, validate, wandb_mirror
-from repro.config import CONF_DIR, Config, ModelConfig, register_configs, to_config
-from repro.data import DATASETS, load_splits
+from repro.config import CONF_DIR, Config, register_configs, to_config, validate
+from repro.config.names import DATASETS
+from repro.data import loaders
+from repro.data.mnist import load_splits
 from repro.errors import ReproError, failed
+from repro.models import build_model  # also registers the paper's networks with timm
+from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
+from repro.runs import dist, files, progress, rundir, wandb_mirror
 
 log = logging.getLogger("repro.train")
 
 # ----------------------------------------------------------------------------------------------
 # Components
-
-
-def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int) -> nn.Module:
-    """A timm-registered name plus the switches the config sets (None = the model's default)."""
-    kwargs = {k: v for k, v in vars(cfg).items() if k != "name" and v is not None} | {"img_size": img_size}
-    try:
-        return timm.create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    except RuntimeError as e:  # timm: "Unknown model"
-        raise ReproError(f"model.name={cfg.name!r}: {e}; the paper's networks are "
-                         f"{timm.list_models(['mnist_mlp', '*inception*'])}") from e
-    except (TypeError, ValueError) as e:
-        raise ReproError(f"model {cfg.name!r} rejected its switches {kwargs}: {e}") from e
 
 
 class Data:
@@ -80,58 +70,6 @@ class Data:
                      self.describe["n_train"], self.describe["n_test"])  # in-memory datasets log theirs in repro.data
 
 
-class SigmoidProbe:
-    """Figure 1b/1c: 15th/50th/85th percentiles of the input to last-hidden-layer sigmoids.
-
-    Measured on a fixed held-out batch with the inference network, for the first `units` units.
-    """
-
-    QUANTILES = (0.15, 0.50, 0.85)
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, units: int):
-        sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
-        self.module = sigmoids[-1] if sigmoids else None
-        self.x, self.units = x, units
-        self.q = torch.tensor(self.QUANTILES, device=x.device)
-
-    @torch.no_grad()
-    def __call__(self, model: nn.Module) -> dict | None:
-        if self.module is None:
-            return None
-        captured = []
-        handle = self.module.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
-        model.eval()
-        model(self.x)
-        model.train()
-        handle.remove()
-        pre = captured[0].flatten(1)[:, : self.units].float()  # (B, units)
-        p = torch.quantile(pre, self.q, dim=0).cpu().tolist()  # (3, units)
-        return {"p15": p[0], "p50": p[1], "p85": p[2]}
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _claim_run_dir(cfg: Config) -> tuple[Path | None, bool]:
-    """Rank 0 finds the run to resume (if any) and tells the others: (dir or None, finished)."""
-    found = None
-    if dist.is_main():
-        resume.note_orphans(cfg)
-        found = records.find_resumable(cfg)
-    finished = bool(found and (found / "summary.json").exists())
-    return dist.broadcast_object((found, finished))
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGINT during training; the message says where the last checkpoint is."""
 
@@ -146,7 +84,7 @@ def run(cfg: Config) -> dict:
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ReproError(f"train.device={cfg.train.device} but no CUDA GPU is visible: use train.device=cpu")
     device = dist.setup(cfg.train.device)
-    run_dir, finished = _claim_run_dir(cfg)
+    run_dir, finished = rundir.claim(cfg)
     if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
@@ -154,8 +92,7 @@ def run(cfg: Config) -> dict:
     held = {"lock": None, "made": None, "log": progress.RunLog() if dist.is_main() else None, "metrics": None}
     try:
         if run_dir is not None and dist.is_main():
-            held["lock"] = resume.acquire(run_dir)
-            resume.remove_stale_temporaries(run_dir)
+            held["lock"] = rundir.hold(run_dir)
         return _train(cfg, device, run_dir, held)
     except (ReproError, KeyboardInterrupt) as e:
         if held["log"] is not None:  # the console gets it from main(); the run's train.log gets it here
@@ -170,7 +107,7 @@ def run(cfg: Config) -> dict:
     finally:
         if held["metrics"] is not None:  # stopped early (Ctrl-C, an error): the wandb run ends as failed
             held["metrics"].close(failed=True)
-        resume.release(held["lock"])
+        rundir.release(held["lock"])
         if held["log"] is not None:
             held["log"].close()
 
@@ -203,10 +140,10 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
 
     start, wall0, wandb_id, resumes = 0, 0.0, None, []
     losses = torch.zeros(t_cfg.log_every, device=device)  # per-step losses, read once per window
-    ckpt = records.load_checkpoint(run_dir) if run_dir is not None else None
+    ckpt = rundir.load_checkpoint(run_dir) if run_dir is not None else None
     if ckpt is not None:
         path = run_dir / "ckpt.pt"
-        resume.check_checkpoint(ckpt, path, cfg, data.describe)
+        rundir.check_checkpoint(ckpt, path, cfg, data.describe)
         try:
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -219,7 +156,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
                              f"{str(e).strip().splitlines()[0][:200]}): move it away, or pass resume=never to start a "
                              f"new run beside it") from e
         rngs = ckpt["rng"]
-        _set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
+        rundir.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
         start, wall0, wandb_id = ckpt["step"], ckpt["wall"], ckpt["wandb_id"]
         resumes = ckpt.get("resumes", []) + [start]  # every step this run was resumed from
         log.info("resuming %s from step %d", run_dir, start)
@@ -232,25 +169,25 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
     metrics = None
     if dist.is_main():
         if run_dir is None:  # only now: a run that fails to start leaves nothing
-            run_dir = held["made"] = records.new_run_dir(cfg)
-            held["lock"] = resume.acquire(run_dir)
-        env = records.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
-        records.write_run_header(run_dir, cfg, env)
+            run_dir = held["made"] = rundir.new_run_dir(cfg)
+            held["lock"] = rundir.acquire(run_dir)
+        env = rundir.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
+        rundir.write_run_header(run_dir, cfg, env)
         held["log"].open(run_dir)
-        metrics = held["metrics"] = records.MetricsLog(run_dir, start if ckpt else None,
+        metrics = held["metrics"] = files.MetricsLog(run_dir, start if ckpt else None,
                                                        wandb_mirror.start(run_dir, cfg, wandb_id))
     run_dir = dist.broadcast_object(run_dir)
 
     saved = {"step": start if ckpt else None}
 
     def checkpoint(step: int) -> None:
-        rngs = dist.all_gather_objects(_rng_state())  # every rank's, for an exact resume
+        rngs = dist.all_gather_objects(rundir.rng_state())  # every rank's, for an exact resume
         windows = dist.all_gather_objects(losses.cpu())
         if dist.is_main():
-            records.save_checkpoint(run_dir, {
+            rundir.save_checkpoint(run_dir, {
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "data": data.stream.state_dict(),
                 "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": wandb_id,
-                "losses": windows, "identity": resume.run_identity(cfg), "data_identity": data.describe,
+                "losses": windows, "identity": rundir.run_identity(cfg), "data_identity": data.describe,
                 "resumes": resumes})
         saved["step"] = step
 
@@ -315,7 +252,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
 
     summary = None
     if dist.is_main():
-        history = records.read_jsonl(metrics.path)
+        history = files.read_jsonl(metrics.path)
         accs = [r["test_acc"] for r in history if "test_acc" in r]
         wall = wall0 + time.perf_counter() - t0
         summary = {
@@ -328,7 +265,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
         }
         if isinstance(data.stream, loaders.LoaderStream) and data.stream.dataset.skipped.value:
             summary["skipped_corrupt"] = data.stream.dataset.skipped.value  # data.skip_corrupt=true
-        records.write_json(run_dir / "summary.json", summary)
+        files.write_json(run_dir / "summary.json", summary)
         metrics.close(summary)
         log.info("%s: %s, test accuracy %s after %d steps (%.1f s)", run_dir.name, status,
                  summary["final_test_acc"], summary["steps"], wall)

@@ -1,10 +1,16 @@
-"""What a run leaves behind: its own directory, atomic files, metrics, checkpoints.
+"""A run directory's whole life: its name (the identity hash), its claim and lock, its header, its
+checkpoints, and whether a checkpoint found there may be resumed.
 
 Layout of `runs/<experiment>-<scale>-s<seed>-<hash>/`:
   config.yaml   the resolved config          env.json      versions, device, git commit, data source
   metrics.jsonl one JSON record per logged step  summary.json  final numbers and status
   ckpt.pt       the last checkpoint (model, optimizer, step, RNG states, data position)
-Local files are the record; wandb mirrors them (repro.wandb_mirror) and is never the only copy.
+  lock.json     held while a process writes the run (its pid and host)
+A checkpoint carries its run's identity (the config hash, seed included) and its data's identity
+(source, image counts, a checksum of the images); a resume refuses either mismatch with one line,
+instead of continuing someone else's network or new data under the old run's name. A run directory
+is held by a lock file naming the owner's pid and host, so two starts never write one run. Local
+files are the record (written atomically by repro.runs.files); wandb mirrors them.
 """
 
 from __future__ import annotations
@@ -12,86 +18,38 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
-import shutil
+import random
+import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
 from repro.config import Config
 from repro.errors import ReproError
+from repro.runs import dist
+from repro.runs.files import atomic_write, write_json, write_via_temporary
+
+log = logging.getLogger("repro.resume")
 
 # Keys that do not change what a run computes, so they stay out of its identity hash.
 _NOT_IDENTITY = ("resume", "runs_dir", "logger")
 _NOT_IDENTITY_TRAIN = ("device", "threads")
 _NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differs between machines
 
-
-# ----------------------------------------------------------------------------------------------
-# Atomic writes: a crash leaves the old file or the new one, never half of one.
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_via_temporary(path: Path, write) -> None:
-    """`write(tmp)` into a temporary beside `path`, then rename it over `path`. The file gets the
-    umask's permissions (mkstemp's 0600 would hide runs from others on a shared cluster); a failure
-    (a full disk, a read-only folder) removes the temporary and is one ReproError naming the file."""
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())
-        write(tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.is_dir() else 0.0
-        kept = (f"the previous version ({path.stat().st_size / 2**20:.1f} MiB) is intact" if path.exists()
-                else "nothing was written")
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
-        raise ReproError(f"could not write {path} ({reason}; {free:.0f} MiB free there): {kept}; free space or "
-                         f"make {path.parent} writable, then rerun the same command (resume=auto continues a run)") from e
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    _write_via_temporary(Path(path), write)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Read a metrics file, ignoring a torn last line left by a crash mid-write."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
+CHECKPOINT_KEYS = ("model", "optimizer", "data", "rng", "step", "wall", "wandb_id")
+DATA_IDENTITY = ("dataset", "source", "n_train", "n_test", "image_shape", "checksum")
+LOCK = "lock.json"
 
 
 # ----------------------------------------------------------------------------------------------
-# Run identity and directory
+# Identity, name and directory
 
 
 def config_dict(cfg: Config) -> dict:
@@ -168,6 +126,106 @@ def new_run_dir(cfg: Config) -> Path:
     raise ReproError(f"more than 999 runs named {run_name(cfg)}: clean up {cfg.runs_dir}")
 
 
+# ----------------------------------------------------------------------------------------------
+# Claim: which directory a start uses, held by a lock
+
+
+def claim(cfg: Config) -> tuple[Path | None, bool]:
+    """Rank 0 finds the run to resume (if any) and tells the others: (dir or None, finished)."""
+    found = None
+    if dist.is_main():
+        note_orphans(cfg)
+        found = find_resumable(cfg)
+    finished = bool(found and (found / "summary.json").exists())
+    return dist.broadcast_object((found, finished))
+
+
+def hold(run_dir: Path) -> Path:
+    """Lock a claimed run directory (`acquire`), then clear what a killed run left half-written in it."""
+    lock = acquire(run_dir)
+    remove_stale_temporaries(run_dir)
+    return lock
+
+
+def note_orphans(cfg: Config) -> None:
+    """Say which earlier directories of this config hold nothing to resume (stopped before a checkpoint)."""
+    for d in existing_run_dirs(cfg):
+        if not any((d / f).exists() for f in ("ckpt.pt", "summary.json")) and not _held(d / LOCK):
+            log.warning("%s was left by a run stopped before its first checkpoint: nothing there can be resumed; "
+                        "delete it (train.checkpoint_every=N saves every N steps)", d)
+
+
+def _owner(lock: Path) -> tuple[int, str]:
+    try:
+        owner = json.loads(lock.read_text())
+        return int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):  # gone, or a write torn by a crash: nobody holds it
+        return -1, socket.gethostname()
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live process may hold `lock` (one on another host may be, for all we can tell)."""
+    if not lock.exists():
+        return False
+    pid, host = _owner(lock)
+    if host != socket.gethostname():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def acquire(run_dir: Path) -> Path:
+    """Take `run_dir`'s lock file, or say who holds it. A lock left by a dead process on this host is
+    reported and taken over; one from another host is refused (we cannot tell whether it is alive)."""
+    lock, host = run_dir / LOCK, socket.gethostname()
+    mine = run_dir / f".{LOCK}.{os.getpid()}.tmp"
+    try:
+        mine.write_text(json.dumps({"pid": os.getpid(), "host": host}))
+        for _ in range(2):
+            try:
+                os.link(mine, lock)  # atomic: the lock appears whole, with its owner, or not at all
+                return lock
+            except FileExistsError:
+                pid, owner_host = _owner(lock)
+                if owner_host != host:
+                    raise ReproError(f"{run_dir} is locked by pid {pid} on {owner_host}: wait for that run to end, "
+                                     f"or if it is gone delete {lock}; resume=never starts a new run beside it") from None
+                if _held(lock):
+                    raise ReproError(f"{run_dir} is in use by pid {pid} on this host: wait for it to end (if pid {pid} "
+                                     f"is no repro run, delete {lock}), or pass resume=never to start a new run "
+                                     f"beside it") from None
+                log.warning("%s: stale lock of pid %d (no longer running) removed", run_dir, pid)
+                lock.unlink(missing_ok=True)
+    except OSError as e:
+        raise ReproError(f"cannot write {lock} ({e.strerror}): make {run_dir} writable") from e
+    finally:
+        mine.unlink(missing_ok=True)
+    raise ReproError(f"could not lock {run_dir}: another start took it at the same moment; try again")
+
+
+def release(lock: Path | None) -> None:
+    if lock is not None:
+        lock.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written files (`.ckpt.*.tmp`, ~100 MB at paper scale) left by a kill; safe under the lock."""
+    for tmp in run_dir.glob(".*.tmp"):
+        log.info("removing %s, left half-written by an interrupted run", tmp)
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Header: what the run records about its config and machine
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -204,43 +262,11 @@ def write_run_header(run_dir: Path, cfg: Config, env: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Metrics: local JSONL, handed on to the wandb mirror (repro.wandb_mirror)
-
-
-class MetricsLog:
-    """Appends records to metrics.jsonl and hands each to `mirror` (repro.wandb_mirror.Live, or None)."""
-
-    def __init__(self, run_dir: Path, resume_step: int | None, mirror=None):
-        self.path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.path.exists():
-            # Drop records logged after the checkpoint: the resumed run logs them again.
-            kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
-            atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in kept))
-        self._file = open(self.path, "a")  # noqa: SIM115 - held for the run's lifetime
-        self.mirror = mirror
-
-    def log(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        if self.mirror is not None:
-            self.mirror.log(record)
-
-    def close(self, summary: dict | None = None, failed: bool = False) -> None:
-        """End the log; `failed`: the run stopped before its end (the mirror marks it so). Idempotent."""
-        if self._file.closed:
-            return
-        self._file.close()
-        if self.mirror is not None:
-            # a failed start may have removed its directory already (repro.train.run)
-            self.mirror.close(summary, read_jsonl(self.path) if self.path.exists() else [], failed)
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints
+# Checkpoints, and whether one belongs to this run
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> None:
-    _write_via_temporary(run_dir / "ckpt.pt", lambda tmp: torch.save(state, tmp))
+    write_via_temporary(run_dir / "ckpt.pt", lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(run_dir: Path) -> dict | None:
@@ -253,3 +279,67 @@ def load_checkpoint(run_dir: Path) -> dict | None:
         raise ReproError(
             f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}): delete it to "
             f"restart that run, or pass resume=never to start a new run beside it") from e
+
+
+def rng_state() -> dict:
+    """This process's RNG states (torch, Python, NumPy, CUDA), as a checkpoint keeps them for an exact resume."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def run_identity(cfg: Config) -> dict:
+    """What a checkpoint records about the run that wrote it."""
+    return {"config_hash": config_hash(cfg), "run": run_name(cfg)}
+
+
+def data_identity(describe: dict) -> dict:
+    """The part of a dataset's description that must not change under a run: source, counts, checksum."""
+    return {k: describe[k] for k in DATA_IDENTITY if k in describe}
+
+
+_NEW_RUN = "move it away, or pass resume=never to start a new run beside it"
+
+
+def check_checkpoint(ckpt, path: Path, cfg: Config, data: dict, fix: str = _NEW_RUN) -> None:
+    """Refuse (ReproError) a checkpoint that is not one, is another run's, or saw other data."""
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ReproError(f"{path} is not a repro.train checkpoint (it lacks {', '.join(missing)}): {fix}")
+    mine = run_identity(cfg)
+    theirs = ckpt.get("identity")
+    if theirs is None:
+        log.warning("%s predates checkpoints that carry their run's identity: its identity is not checked", path)
+    elif theirs["config_hash"] != mine["config_hash"]:
+        raise ReproError(f"{path} belongs to run {theirs['run']}, not to this run {mine['run']} (another seed or "
+                         f"config): {fix}")
+    then, now = data_identity(ckpt.get("data_identity") or {}), data_identity(data)
+    changed = [k for k in then if k in now and then[k] != now[k]]
+    if changed:
+        k = changed[0]
+        fix = "restore the run's data, or pass resume=never to start over on this data" if fix == _NEW_RUN else fix
+        raise ReproError(f"{path} was trained on other data than this start finds ({k}: {then[k]!r} then, "
+                         f"{now[k]!r} now): {fix}")
+
+
+def check_evaluable(run_dir: Path, ckpt, cfg: Config, data) -> None:
+    """repro.evaluate: refuse a run without a checkpoint, or whose checkpoint is not its own or saw other
+    data than `data` (its config's data, loaded now); warn that an unfinished run is scored as it stands."""
+    finished = (run_dir / "summary.json").exists()
+    if ckpt is None:
+        why = "see its summary.json" if finished else "it stopped before its first checkpoint"
+        raise ReproError(f"{run_dir} has no ckpt.pt ({why}): resume it with resume=auto, or leave it out")
+    if not Path(cfg.data.root).is_absolute():  # runs before issue 11 recorded data.root as given
+        log.warning("%s records a relative data.root=%s: it is looked up from %s", run_dir, cfg.data.root, Path.cwd())
+    check_checkpoint(ckpt, run_dir / "ckpt.pt", cfg, data.describe(),
+                     fix="evaluate the run with the data and files it was trained with")
+    if not finished:
+        log.warning("%s is unfinished (checkpoint at step %d of %d): scored as it stands", run_dir, ckpt["step"],
+                    cfg.train.steps)
