@@ -93,7 +93,7 @@ bench: install data ## Speed: the Figure 1 map and job vs bare torch loops (~40 
 	$(PY) scripts/bench_models.py
 
 gpu-check: install ## On a GPU machine (~6-9 min): 224 px networks vs timm, runner vs bare loop, input pipeline, resume; writes results/gpu/<card>/
-	PYTHON=$(PY) scripts/gpu_check.sh --out results/gpu
+	PYTHON=$(PY) scripts/gpu/gpu_check.sh --out results/gpu
 
 lint: install ## ruff
 	$(VENV)/bin/ruff check repro tests scripts

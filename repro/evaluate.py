@@ -10,7 +10,7 @@ CIFAR-10) cut them from each decoded, uncropped validation image, in DataLoader 
 view is the runner's own resize-and-center-crop. Every batch of views goes through all the networks,
 so the images are decoded once however large the ensemble. BN uses either
 the moving averages left by training (`ema`, §3.1's alternative) or Alg. 2's population statistics
-recomputed over K training mini-batches (`population`, repro.bnstats). Under torchrun each rank
+recomputed over K training mini-batches (`population`, repro.models.bnstats). Under torchrun each rank
 evaluates `dist.shard(N)`, so every test image is counted exactly once.
 """
 
@@ -28,14 +28,14 @@ from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from repro import dist, records, resume
-from repro.bnstats import bn_audit, buffers_identical_across_ranks, population_statistics
 from repro.config import Config
-from repro.crops import VIEWS
+from repro.data.crops import VIEWS
+from repro.data.evalsets import FolderData, TensorData, load_data
 from repro.errors import ReproError
-from repro.evalsets import FolderData, TensorData, load_data
+from repro.models import build_model
+from repro.models.bnstats import bn_audit, buffers_identical_across_ranks, population_statistics
 from repro.report.runs import recipe_problems
-from repro.train import build_model
+from repro.runs import dist, files, rundir
 
 BN_STATS = ("ema", "population")
 DEFAULT_POP_BATCHES = 100  # our choice: Alg. 2 says "many" mini-batches; 100 x 60 = 6,000 images for Fig. 1
@@ -106,11 +106,11 @@ def load_runs(run_dirs: list[str | Path], device: torch.device) -> list[Run]:
         if not d.is_dir():
             raise ReproError(f"run directory {d} does not exist")
         cfg = read_config(d)
-        ckpt = records.load_checkpoint(d)
+        ckpt = rundir.load_checkpoint(d)
         key = repr(asdict(cfg.data))
         if ckpt is not None and key not in cache:
             cache[key] = load_data(cfg.data)
-        resume.check_evaluable(d, ckpt, cfg, cache.get(key))
+        rundir.check_evaluable(d, ckpt, cfg, cache.get(key))
         data = cache[key]
         model = build_model(cfg.model, data.in_chans, data.num_classes, data.image_size)
         try:
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result))
         if args.out is not None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            records.write_json(args.out, result)
+            files.write_json(args.out, result)
     return 0
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import hydra
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -29,29 +28,20 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-import repro.models  # noqa: F401  (registers the paper's networks with timm)
-from repro import dist, loaders, progress, records, resume, validate, wandb_mirror
-from repro.config import CONF_DIR, Config, ModelConfig, register_configs, to_config
-from repro.data import DATASETS, load_splits
+from repro.config import CONF_DIR, Config, register_configs, to_config, validate
+from repro.config.names import DATASETS
+from repro.data import loaders
+from repro.data.mnist import load_splits
 from repro.errors import ReproError, failed
+from repro.models import build_model  # also registers the paper's networks with timm
+from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
+from repro.runs import dist, files, progress, rundir, wandb_mirror
 
 log = logging.getLogger("repro.train")
 
 # ----------------------------------------------------------------------------------------------
 # Components
-
-
-def build_model(cfg: ModelConfig, in_chans: int, num_classes: int, img_size: int) -> nn.Module:
-    """A timm-registered name plus the switches the config sets (None = the model's default)."""
-    kwargs = {k: v for k, v in vars(cfg).items() if k != "name" and v is not None} | {"img_size": img_size}
-    try:
-        return timm.create_model(cfg.name, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    except RuntimeError as e:  # timm: "Unknown model"
-        raise ReproError(f"model.name={cfg.name!r}: {e}; the paper's networks are "
-                         f"{timm.list_models(['mnist_mlp', '*inception*'])}") from e
-    except (TypeError, ValueError) as e:
-        raise ReproError(f"model {cfg.name!r} rejected its switches {kwargs}: {e}") from e
 
 
 class Data:
@@ -80,58 +70,6 @@ class Data:
                      self.describe["n_train"], self.describe["n_test"])  # in-memory datasets log theirs in repro.data
 
 
-class SigmoidProbe:
-    """Figure 1b/1c: 15th/50th/85th percentiles of the input to last-hidden-layer sigmoids.
-
-    Measured on a fixed held-out batch with the inference network, for the first `units` units.
-    """
-
-    QUANTILES = (0.15, 0.50, 0.85)
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, units: int):
-        sigmoids = [m for m in model.modules() if isinstance(m, nn.Sigmoid)]
-        self.module = sigmoids[-1] if sigmoids else None
-        self.x, self.units = x, units
-        self.q = torch.tensor(self.QUANTILES, device=x.device)
-
-    @torch.no_grad()
-    def __call__(self, model: nn.Module) -> dict | None:
-        if self.module is None:
-            return None
-        captured = []
-        handle = self.module.register_forward_hook(lambda m, inp, out: captured.append(inp[0]))
-        model.eval()
-        model(self.x)
-        model.train()
-        handle.remove()
-        pre = captured[0].flatten(1)[:, : self.units].float()  # (B, units)
-        p = torch.quantile(pre, self.q, dim=0).cpu().tolist()  # (3, units)
-        return {"p15": p[0], "p50": p[1], "p85": p[2]}
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _claim_run_dir(cfg: Config) -> tuple[Path | None, bool]:
-    """Rank 0 finds the run to resume (if any) and tells the others: (dir or None, finished)."""
-    found = None
-    if dist.is_main():
-        resume.note_orphans(cfg)
-        found = records.find_resumable(cfg)
-    finished = bool(found and (found / "summary.json").exists())
-    return dist.broadcast_object((found, finished))
-
-
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C or SIGINT during training; the message says where the last checkpoint is."""
 
@@ -146,7 +84,7 @@ def run(cfg: Config) -> dict:
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ReproError(f"train.device={cfg.train.device} but no CUDA GPU is visible: use train.device=cpu")
     device = dist.setup(cfg.train.device)
-    run_dir, finished = _claim_run_dir(cfg)
+    run_dir, finished = rundir.claim(cfg)
     if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
@@ -154,8 +92,7 @@ def run(cfg: Config) -> dict:
     held = {"lock": None, "made": None, "log": progress.RunLog() if dist.is_main() else None, "metrics": None}
     try:
         if run_dir is not None and dist.is_main():
-            held["lock"] = resume.acquire(run_dir)
-            resume.remove_stale_temporaries(run_dir)
+            held["lock"] = rundir.hold(run_dir)
         return _train(cfg, device, run_dir, held)
     except (ReproError, KeyboardInterrupt) as e:
         if held["log"] is not None:  # the console gets it from main(); the run's train.log gets it here
@@ -170,12 +107,40 @@ def run(cfg: Config) -> dict:
     finally:
         if held["metrics"] is not None:  # stopped early (Ctrl-C, an error): the wandb run ends as failed
             held["metrics"].close(failed=True)
-        resume.release(held["lock"])
+        rundir.release(held["lock"])
         if held["log"] is not None:
             held["log"].close()
 
 
 def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) -> dict:
+    """The paper's loop: set up (seeds, data, network, optimizer; a checkpoint's state when resuming),
+    open the run's record, then step, evaluating and recording on the way, and sum the run up."""
+    _seed_and_backends(cfg, device)
+    data = Data(cfg, device)
+    net, optimizer, probe = _build(cfg, data, device)
+    losses = torch.zeros(cfg.train.log_every, device=device)  # per-step losses, read once per window
+    ckpt, start, wall0, wandb_id, resumes = _resume(cfg, run_dir, net, optimizer, data, losses)
+    wandb_id = wandb_id or wandb_mirror.new_id()  # one wandb run per run directory, resumes included
+    # BN statistics stay per replica (§4.2): buffers are not broadcast from rank 0 every step.
+    model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if dist.is_distributed() else net
+    step_model = torch.compile(model) if cfg.train.compile else model
+
+    run_dir, metrics = _open_run_dir(cfg, device, run_dir, held, data, start if ckpt else None, wandb_id)
+
+    record = Record(cfg, run_dir, net, optimizer, data, losses, probe, metrics, held["log"],
+                    start, ckpt is not None, wall0, wandb_id, resumes)
+    status, diverged_at = _steps(cfg, model, step_model, optimizer, data, losses, record, start, device)
+    if status == "complete":
+        record.checkpoint(cfg.train.steps)
+    return _summarize(cfg, record, data, status, diverged_at)
+
+
+# ----------------------------------------------------------------------------------------------
+# Set up
+
+
+def _seed_and_backends(cfg: Config, device: torch.device) -> None:
+    """Seeds, CPU threads and cuDNN as the config says; the scale's estimated cost, logged."""
     t_cfg = cfg.train
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -192,7 +157,10 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
         log.info("scale %s: %.3g images, about %.0f GPU-hours at %.0f images/s per GPU", cfg.scale.name, images,
                  images / cfg.scale.images_per_gpu_s / 3600, cfg.scale.images_per_gpu_s)
 
-    data = Data(cfg, device)
+
+def _build(cfg: Config, data: Data, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, SigmoidProbe | None]:
+    """The network on its device (channels-last, synchronized BN where asked), its optimizer, the Figure 1 probe."""
+    t_cfg = cfg.train
     net = build_model(cfg.model, data.in_chans, data.num_classes, data.img_size).to(device)
     if t_cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -200,80 +168,62 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
         net = dist.sync_batchnorm(net, device)
     optimizer = build_optimizer(net, cfg.optim)
     probe = SigmoidProbe(net, data.probe_x, t_cfg.probe_units) if t_cfg.probe_every and data.probe_x is not None else None
+    return net, optimizer, probe
 
-    start, wall0, wandb_id, resumes = 0, 0.0, None, []
-    losses = torch.zeros(t_cfg.log_every, device=device)  # per-step losses, read once per window
-    ckpt = records.load_checkpoint(run_dir) if run_dir is not None else None
-    if ckpt is not None:
-        path = run_dir / "ckpt.pt"
-        resume.check_checkpoint(ckpt, path, cfg, data.describe)
-        try:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            data.stream.load_state_dict(ckpt["data"])
-            if "losses" in ckpt:  # each rank's loss window so far, when the checkpoint fell between log steps
-                mine = ckpt["losses"]
-                losses.copy_(mine[dist.rank()] if len(mine) == dist.world_size() else mine[0])
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
-            raise ReproError(f"{path} does not fit this run's network or optimizer ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0][:200]}): move it away, or pass resume=never to start a "
-                             f"new run beside it") from e
-        rngs = ckpt["rng"]
-        _set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
-        start, wall0, wandb_id = ckpt["step"], ckpt["wall"], ckpt["wandb_id"]
-        resumes = ckpt.get("resumes", []) + [start]  # every step this run was resumed from
-        log.info("resuming %s from step %d", run_dir, start)
-    wandb_id = wandb_id or wandb_mirror.new_id()  # one wandb run per run directory, resumes included
-    # BN statistics stay per replica (§4.2): buffers are not broadcast from rank 0 every step.
-    model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if dist.is_distributed() else net
-    step_model = torch.compile(model) if t_cfg.compile else model
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t_cfg.amp else contextlib.nullcontext
 
+def _resume(cfg: Config, run_dir: Path | None, net: nn.Module, optimizer, data: Data, losses: torch.Tensor):
+    """Load the claimed run's checkpoint, if any, into the network, optimizer, data stream, loss window and
+    RNGs: (checkpoint or None, start step, wall seconds so far, wandb id, steps resumed from)."""
+    ckpt = rundir.load_checkpoint(run_dir) if run_dir is not None else None
+    if ckpt is None:
+        return None, 0, 0.0, None, []
+    path = run_dir / "ckpt.pt"
+    rundir.check_checkpoint(ckpt, path, cfg, data.describe)
+    try:
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        data.stream.load_state_dict(ckpt["data"])
+        if "losses" in ckpt:  # each rank's loss window so far, when the checkpoint fell between log steps
+            mine = ckpt["losses"]
+            losses.copy_(mine[dist.rank()] if len(mine) == dist.world_size() else mine[0])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise ReproError(f"{path} does not fit this run's network or optimizer ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0][:200]}): move it away, or pass resume=never to start a "
+                         f"new run beside it") from e
+    rngs = ckpt["rng"]
+    rundir.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
+    start = ckpt["step"]
+    log.info("resuming %s from step %d", run_dir, start)
+    return ckpt, start, ckpt["wall"], ckpt["wandb_id"], ckpt.get("resumes", []) + [start]  # every step resumed from
+
+
+def _open_run_dir(cfg: Config, device: torch.device, run_dir: Path | None, held: dict, data: Data,
+                  resume_step: int | None, wandb_id: str) -> tuple[Path, files.MetricsLog | None]:
+    """Rank 0 makes the run directory (only now: a run that fails to start leaves nothing), locks it,
+    writes its header and opens train.log and the metrics log; every rank learns the directory."""
     metrics = None
     if dist.is_main():
-        if run_dir is None:  # only now: a run that fails to start leaves nothing
-            run_dir = held["made"] = records.new_run_dir(cfg)
-            held["lock"] = resume.acquire(run_dir)
-        env = records.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
-        records.write_run_header(run_dir, cfg, env)
+        if run_dir is None:
+            run_dir = held["made"] = rundir.new_run_dir(cfg)
+            held["lock"] = rundir.acquire(run_dir)
+        env = rundir.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
+        rundir.write_run_header(run_dir, cfg, env)
         held["log"].open(run_dir)
-        metrics = held["metrics"] = records.MetricsLog(run_dir, start if ckpt else None,
-                                                       wandb_mirror.start(run_dir, cfg, wandb_id))
-    run_dir = dist.broadcast_object(run_dir)
+        metrics = held["metrics"] = files.MetricsLog(run_dir, resume_step, wandb_mirror.start(run_dir, cfg, wandb_id))
+    return dist.broadcast_object(run_dir), metrics
 
-    saved = {"step": start if ckpt else None}
 
-    def checkpoint(step: int) -> None:
-        rngs = dist.all_gather_objects(_rng_state())  # every rank's, for an exact resume
-        windows = dist.all_gather_objects(losses.cpu())
-        if dist.is_main():
-            records.save_checkpoint(run_dir, {
-                "model": net.state_dict(), "optimizer": optimizer.state_dict(), "data": data.stream.state_dict(),
-                "rng": rngs, "step": step, "wall": wall0 + time.perf_counter() - t0, "wandb_id": wandb_id,
-                "losses": windows, "identity": resume.run_identity(cfg), "data_identity": data.describe,
-                "resumes": resumes})
-        saved["step"] = step
+# ----------------------------------------------------------------------------------------------
+# Step
 
-    def observe(step: int, loss: float | None) -> dict:
-        rec = {"step": step, "lr": lr_at(step, cfg.optim), "wall": round(wall0 + time.perf_counter() - t0, 3)}
-        if loss is not None:
-            rec["loss"] = loss
-        if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
-            dist.average_buffers(net)  # one set of BN running statistics on every rank
-            rec |= loaders.evaluate(net, data.eval_batches(), data.n_test)
-        if probe is not None and (step % t_cfg.probe_every == 0 or step == t_cfg.steps):
-            if (p := probe(net)) is not None:
-                rec["probe"] = p
-        if metrics is not None:
-            metrics.log(rec)
-        shown.update(rec)
-        return rec
 
-    shown = progress.Progress(run_dir.name, t_cfg.steps, start, cfg.logger.progress, cfg.logger.progress_every_s,
-                              held["log"])
-    t0 = time.perf_counter()
+def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, losses: torch.Tensor, record: Record,
+           start: int, device: torch.device) -> tuple[str, int | None]:
+    """SGD steps from `start` to the end, recording at log, eval and checkpoint steps: (status, diverged_at)."""
+    t_cfg = cfg.train
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t_cfg.amp else contextlib.nullcontext
     if start == 0:
-        observe(0, None)
+        record.observe(0, None)
     constant_lr = cfg.optim.schedule == "constant"
     status, diverged_at = "complete", None
     model.train()
@@ -299,36 +249,92 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
                     first_bad = int((~torch.isfinite(window)).nonzero()[0]) + 1
                     status, diverged_at = "diverged", done - len(window) + first_bad
                     break
-                observe(done, window.mean().item())
+                record.observe(done, window.mean().item())
             if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done != t_cfg.steps:
-                checkpoint(done)  # on its own schedule, logging step or not (the loss window is saved too)
+                record.checkpoint(done)  # on its own schedule, logging step or not (the loss window is saved too)
     except KeyboardInterrupt:
-        where = (f"{run_dir / 'ckpt.pt'} holds step {saved['step']}: rerun the same command with resume=auto to "
-                 f"continue from it" if saved["step"] is not None else
+        run_dir, saved = record.run_dir, record.saved
+        where = (f"{run_dir / 'ckpt.pt'} holds step {saved}: rerun the same command with resume=auto to "
+                 f"continue from it" if saved is not None else
                  f"no checkpoint was saved yet (train.checkpoint_every={t_cfg.checkpoint_every}), so a rerun "
                  f"starts over; {run_dir} can be deleted")
         raise Interrupted(f"interrupted at step {step}; {where}") from None
     finally:
-        shown.close()
-    if status == "complete":
-        checkpoint(t_cfg.steps)
+        record.shown.close()
+    return status, diverged_at
 
+
+# ----------------------------------------------------------------------------------------------
+# Evaluate and record
+
+
+class Record:
+    """What the loop writes as it goes: at log and eval steps a metrics record (the test set evaluated, the
+    sigmoids probed), on the checkpoint schedule a checkpoint of every rank's state; rank 0 writes files."""
+
+    def __init__(self, cfg: Config, run_dir: Path, net: nn.Module, optimizer, data: Data, losses: torch.Tensor,
+                 probe: SigmoidProbe | None, metrics: files.MetricsLog | None, run_log, start: int, resumed: bool,
+                 wall0: float, wandb_id: str, resumes: list[int]):
+        self.cfg, self.run_dir, self.net, self.optimizer, self.data = cfg, run_dir, net, optimizer, data
+        self.losses, self.probe, self.metrics = losses, probe, metrics
+        self.wall0, self.wandb_id, self.resumes = wall0, wandb_id, resumes
+        self.saved = start if resumed else None  # the step the last checkpoint holds
+        t_cfg = cfg.train
+        self.shown = progress.Progress(run_dir.name, t_cfg.steps, start, cfg.logger.progress,
+                                       cfg.logger.progress_every_s, run_log)
+        self.t0 = time.perf_counter()
+
+    def wall(self) -> float:
+        return self.wall0 + time.perf_counter() - self.t0
+
+    def observe(self, step: int, loss: float | None) -> dict:
+        cfg, t_cfg, net = self.cfg, self.cfg.train, self.net
+        rec = {"step": step, "lr": lr_at(step, cfg.optim), "wall": round(self.wall(), 3)}
+        if loss is not None:
+            rec["loss"] = loss
+        if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
+            dist.average_buffers(net)  # one set of BN running statistics on every rank
+            rec |= loaders.evaluate(net, self.data.eval_batches(), self.data.n_test)
+        if self.probe is not None and (step % t_cfg.probe_every == 0 or step == t_cfg.steps):
+            if (p := self.probe(net)) is not None:
+                rec["probe"] = p
+        if self.metrics is not None:
+            self.metrics.log(rec)
+        self.shown.update(rec)
+        return rec
+
+    def checkpoint(self, step: int) -> None:
+        rngs = dist.all_gather_objects(rundir.rng_state())  # every rank's, for an exact resume
+        windows = dist.all_gather_objects(self.losses.cpu())
+        if dist.is_main():
+            rundir.save_checkpoint(self.run_dir, {
+                "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "data": self.data.stream.state_dict(), "rng": rngs, "step": step, "wall": self.wall(),
+                "wandb_id": self.wandb_id, "losses": windows, "identity": rundir.run_identity(self.cfg),
+                "data_identity": self.data.describe, "resumes": self.resumes})
+        self.saved = step
+
+
+def _summarize(cfg: Config, record: Record, data: Data, status: str, diverged_at: int | None) -> dict | None:
+    """summary.json (rank 0): the run's final and best test accuracy, status, steps and cost; every rank gets it."""
     summary = None
     if dist.is_main():
-        history = records.read_jsonl(metrics.path)
+        t_cfg, run_dir, metrics = cfg.train, record.run_dir, record.metrics
+        history = files.read_jsonl(metrics.path)
         accs = [r["test_acc"] for r in history if "test_acc" in r]
-        wall = wall0 + time.perf_counter() - t0
+        wall = record.wall()
         summary = {
             "experiment": cfg.experiment, "scale": cfg.scale.name, "seed": cfg.seed, "run_dir": str(run_dir),
             "status": status, "diverged_at": diverged_at, "steps": diverged_at or (history[-1]["step"] if history else 0),
             "final_test_acc": accs[-1] if accs and status == "complete" else None,
             "best_test_acc": max(accs) if accs else None, "lr_base": cfg.optim.lr, "lr_peak": peak_lr(cfg.optim),
             "world_size": dist.world_size(), "global_batch": t_cfg.batch_size * dist.world_size(),
-            "wall_s": round(wall, 2), "data": data.describe, "resumed_from": resumes, "wandb_id": wandb_id,
+            "wall_s": round(wall, 2), "data": data.describe, "resumed_from": record.resumes,
+            "wandb_id": record.wandb_id,
         }
         if isinstance(data.stream, loaders.LoaderStream) and data.stream.dataset.skipped.value:
             summary["skipped_corrupt"] = data.stream.dataset.skipped.value  # data.skip_corrupt=true
-        records.write_json(run_dir / "summary.json", summary)
+        files.write_json(run_dir / "summary.json", summary)
         metrics.close(summary)
         log.info("%s: %s, test accuracy %s after %d steps (%.1f s)", run_dir.name, status,
                  summary["final_test_acc"], summary["steps"], wall)

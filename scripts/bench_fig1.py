@@ -47,7 +47,7 @@ def bare(steps: int, batch: int, cpu: list | None = None) -> float:
     """Seconds for the bare loop to train both nets on MNIST-sized in-memory data (its CPU seconds, all
     threads, appended to `cpu`)."""
     from repro.config import DataConfig
-    from repro.data import load_splits
+    from repro.data.mnist import load_splits
 
     splits = load_splits(DataConfig(name="mnist", binarize=True, download=False, root=str(ROOT / "data")))
     x, y = splits.x_train, splits.y_train

@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 from need_data import main as need_data  # noqa: E402  (scripts/, beside this file, is on sys.path)
 
 import repro.models  # noqa: E402,F401
-from repro import records  # noqa: E402
 from repro.config import compose as compose_config  # noqa: E402
-from repro.data import load_splits  # noqa: E402
+from repro.data.mnist import load_splits  # noqa: E402
 from repro.optim import build_optimizer  # noqa: E402
+from repro.runs import files  # noqa: E402
 from repro.train import run  # noqa: E402
 
 torch.set_num_threads(os.cpu_count())  # use every core
@@ -64,7 +64,7 @@ def bare(cfg, steps: int, warmup: int) -> float:
 
 def runner(cfg, steps: int, warmup: int) -> float:
     summary = run(cfg)
-    rows = [r for r in records.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl") if "loss" in r]
+    rows = [r for r in files.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl") if "loss" in r]
     first = next(r for r in rows if r["step"] >= warmup)
     last = rows[-1]
     return (last["step"] - first["step"]) * cfg.train.batch_size / (last["wall"] - first["wall"])

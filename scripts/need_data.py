@@ -12,9 +12,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from repro.config import compose  # noqa: E402
-from repro.data import DATASETS, load_splits  # noqa: E402
+from repro.data.fetch import FASHION_FIX  # noqa: E402
+from repro.data.mnist import DATASETS, load_splits  # noqa: E402
 from repro.errors import ReproError  # noqa: E402
-from repro.get_data import FASHION_FIX  # noqa: E402
 
 # What obtains each dataset on a fresh machine.
 FIX = {

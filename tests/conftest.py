@@ -62,7 +62,7 @@ def make_image_folder(root: Path, train: int = 12, val: int = 5, square_val: int
 
 def run_killed_after(cfg: Config, batches: int) -> None:
     """Run `cfg` and kill it (KeyboardInterrupt) when it asks for batch number `batches` + 1."""
-    from repro.loaders import InMemoryStream, LoaderStream
+    from repro.data.loaders import InMemoryStream, LoaderStream
     from repro.train import run
 
     calls = {"n": 0}

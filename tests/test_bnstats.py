@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from repro.bnstats import bn_audit, bn_layers, buffers_identical_across_ranks, population_statistics
+from repro.models.bnstats import bn_audit, bn_layers, buffers_identical_across_ranks, population_statistics
 
 
 def batches(shape: tuple[int, ...], k: int = 4, seed: int = 0) -> list[torch.Tensor]:

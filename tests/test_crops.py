@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from repro.crops import multi_crop, scales
+from repro.data.crops import multi_crop, scales
 
 
 def images(n: int, h: int, w: int, c: int = 3) -> torch.Tensor:
@@ -38,7 +38,7 @@ def test_the_144_views_are_pairwise_distinct(hw):
 
 
 def test_square_images_repeat_each_of_48_views_three_times():
-    # The three squares of a square image coincide (documented in repro.crops); the mean is unchanged.
+    # The three squares of a square image coincide (documented in repro.data.crops); the mean is unchanged.
     v = multi_crop(images(1, 28, 28, c=1), 144)[0]
     assert distinct(v) == 48
     torch.testing.assert_close(v.view(4, 3, 12, -1)[:, 0], v.view(4, 3, 12, -1)[:, 2])

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from repro import data
-from repro.data import idx_bytes, load_splits, stratified_split
+from repro.data import mnist as data
+from repro.data.mnist import idx_bytes, load_splits, stratified_split
 from repro.errors import DataError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -116,7 +116,7 @@ def test_auto_never_falls_back_to_the_subset(tmp_path, monkeypatch):
 
 def test_a_given_root_is_honoured_or_refused(tmp_path):
     """Weak spot: a data.root that was given and holds no MNIST (or misses a file) is an error, not a
-    silent fall back to the 5k subset: repro.validate records a given root as data.source=torchvision."""
+    silent fall back to the 5k subset: repro.config.validate records a given root as data.source=torchvision."""
     from tests.conftest import compose_config
 
     paths = _write_idx_dir(tmp_path / "MNIST" / "raw")

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from repro import records, resume
 from repro.errors import DataError, ReproError
 from repro.evaluate import evaluate_runs
 from repro.evaluate import main as evaluate_main
+from repro.runs import files, rundir
 from repro.train import run
 from tests.conftest import ROOT, compose_config, make_image_folder, run_killed_after
 from tests.test_data import _write_idx_dir
@@ -49,7 +49,7 @@ def the_run_dir(runs_dir: Path) -> Path:
 
 
 def rows(run_dir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "wall"} for r in records.read_jsonl(Path(run_dir) / "metrics.jsonl")]
+    return [{k: v for k, v in r.items() if k != "wall"} for r in files.read_jsonl(Path(run_dir) / "metrics.jsonl")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def test_1_checkpoint_every_is_honoured_between_log_steps(tmp_path):
     cfg = compose_config([*ov, f"runs_dir={tmp_path / 'b'}"])
     run_killed_after(cfg, 70)
     d = the_run_dir(tmp_path / "b")
-    assert records.load_checkpoint(d)["step"] == 60
+    assert rundir.load_checkpoint(d)["step"] == 60
     assert rows(run(cfg)["run_dir"]) == rows(full["run_dir"])
 
 
@@ -254,7 +254,7 @@ def test_13_disk_full_while_checkpointing_loses_nothing(tmp_path, monkeypatch):
         run(cfg)
     monkeypatch.setattr(torch, "save", real_save)
     d = the_run_dir(tmp_path)
-    assert records.load_checkpoint(d)["step"] == 30 and not list(d.glob(".*.tmp"))
+    assert rundir.load_checkpoint(d)["step"] == 30 and not list(d.glob(".*.tmp"))
     assert run(cfg)["status"] == "complete"  # resumes from step 30
 
 
@@ -299,9 +299,9 @@ def test_ctrl_c_is_one_line_and_a_second_start_is_locked_out(tmp_path):
         first.kill()
     assert_one_line_error(subprocess.CompletedProcess(first.args, first.returncode, "", err), 130,
                           "interrupted at step", f"{d / 'ckpt.pt'} holds step", "resume=auto")
-    assert not (d / resume.LOCK).exists()  # released on the way out
-    (d / resume.LOCK).write_text(json.dumps({"pid": second_pid_that_is_gone(), "host": socket.gethostname()}))
-    resume.release(resume.acquire(d))  # stale: taken over, with a warning
+    assert not (d / rundir.LOCK).exists()  # released on the way out
+    (d / rundir.LOCK).write_text(json.dumps({"pid": second_pid_that_is_gone(), "host": socket.gethostname()}))
+    rundir.release(rundir.acquire(d))  # stale: taken over, with a warning
 
 
 def second_pid_that_is_gone() -> int:

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from repro.crops import multi_crop
+from repro.data.crops import multi_crop
 from repro.errors import ReproError
 from repro.evaluate import (
     correct_at,

@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from repro import records
-from repro.loaders import InMemoryStream
+from repro.data.loaders import InMemoryStream
 from repro.report import read_long
 from repro.report.pipeline import build
+from repro.runs import files, rundir
 from repro.train import run
 from tests.conftest import DATA, ROOT, compose_config, make_image_folder, needs_mnist, run_killed_after
 
@@ -77,7 +77,7 @@ def test_resume_equals_uninterrupted_with_dropout(tmp_path):
     resumed = run(cfg)
 
     def rows(s):
-        return [{k: v for k, v in r.items() if k != "wall"} for r in records.read_jsonl(records.Path(s["run_dir"]) / "metrics.jsonl")]
+        return [{k: v for k, v in r.items() if k != "wall"} for r in files.read_jsonl(rundir.Path(s["run_dir"]) / "metrics.jsonl")]
 
     assert rows(resumed) == rows(full)
 

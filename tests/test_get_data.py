@@ -7,8 +7,8 @@ import hashlib
 
 import numpy as np
 
-from repro import get_data
-from repro.data import idx_bytes, load_splits
+from repro.data import fetch as get_data
+from repro.data.mnist import idx_bytes, load_splits
 from tests.test_data import Cfg
 
 

@@ -1,4 +1,4 @@
-"""The prepared GPU check (scripts/gpu_check.sh) runs end to end on the CPU at tiny sizes, so the one
+"""The prepared GPU check (scripts/gpu/gpu_check.sh) runs end to end on the CPU at tiny sizes, so the one
 GPU run it exists for does not fail on a bug that the CPU could have shown."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     env = os.environ | {"GPU_CHECK_CPU": "1", "PYTHON": sys.executable}
-    out = subprocess.run(["bash", "scripts/gpu_check.sh", "--out", str(tmp_path)], cwd=ROOT, env=env,
+    out = subprocess.run(["bash", "scripts/gpu/gpu_check.sh", "--out", str(tmp_path)], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads((tmp_path / "cpu-dry-run" / "gpu_check.json").read_text())
@@ -52,7 +52,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
 
 
 def test_committed_gpu_reports_rebuild_from_their_json():
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
     from gpu_check import load
     from gpu_report import render
 
@@ -65,7 +65,7 @@ def test_committed_gpu_reports_rebuild_from_their_json():
 def test_report_shows_a_cuda_graphs_row():
     """The reduce-overhead row (only a GPU run makes one) renders beside its eager batch, and the GPU-hours
     estimate takes the fastest batch-32 row."""
-    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
     from gpu_check import hours, load
     from gpu_report import render
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from repro import progress
+from repro.runs import progress
 from repro.train import run
 from tests.conftest import ROOT, run_killed_after
 

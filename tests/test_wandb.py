@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from repro import records
+from repro.runs import files
+from repro.runs.wandb_mirror import main as wandb_main
 from repro.train import run
-from repro.wandb_mirror import main as wandb_main
 from tests.conftest import run_killed_after
 from tests.wandb_files import OfflineRun
 
@@ -23,7 +23,7 @@ def test_killed_and_resumed_offline_run_replays_into_one_history(smoke, tmp_path
     run_killed_after(cfg, 150)  # logged steps 0-150, checkpoint at 100
     summary = run(cfg)  # resumes from step 100 and logs 150-300 again
     run_dir = Path(summary["run_dir"])
-    steps = [r["step"] for r in records.read_jsonl(run_dir / "metrics.jsonl")]
+    steps = [r["step"] for r in files.read_jsonl(run_dir / "metrics.jsonl")]
     assert steps == [0, 50, 100, 150, 200, 250, 300]
 
     # Live mirror: tagged and grouped; each start wrote its own offline folder of the one id
@@ -37,7 +37,7 @@ def test_killed_and_resumed_offline_run_replays_into_one_history(smoke, tmp_path
     assert not any(k.startswith("probe") for row in live[1].history[:-1] for k in row)  # no 24 scalar panels
     end = live[1].history[-1]  # the probe as one table and one line chart, at the end
     table = json.loads(live[1].file(end["probe/percentiles/path"]).read_text())
-    probed = [r for r in records.read_jsonl(run_dir / "metrics.jsonl") if "probe" in r]
+    probed = [r for r in files.read_jsonl(run_dir / "metrics.jsonl") if "probe" in r]
     assert table["columns"] == ["step", "unit", "p15", "p50", "p85"]
     assert table["data"][-1] == [300, 7, *(probed[-1]["probe"][q][7] for q in ("p15", "p50", "p85"))]
     assert len(table["data"]) == len(probed) * cfg.train.probe_units and "probe/median_table/path" in end
@@ -51,7 +51,7 @@ def test_killed_and_resumed_offline_run_replays_into_one_history(smoke, tmp_path
     assert replayed.run.run_id == summary["wandb_id"] == json.loads((run_dir / "summary.json").read_text())["wandb_id"]
     assert replayed.steps() == replayed.steps("_step") == steps
     assert [row["test_acc"] for row in replayed.history if "test_acc" in row] == \
-        [r["test_acc"] for r in records.read_jsonl(run_dir / "metrics.jsonl") if "test_acc" in r]
+        [r["test_acc"] for r in files.read_jsonl(run_dir / "metrics.jsonl") if "test_acc" in r]
     assert replayed.summary["final_test_acc"] == summary["final_test_acc"]
     assert replayed.run.run_group == "fig1_bn-smoke" and sorted(replayed.tags) == sorted(live[0].tags)
     log = next(folder.glob("run-*.wandb"))

@@ -342,7 +342,7 @@ class Inception(BlockFeatures, nn.Module):
 
 
 def _cfg(**kwargs):
-    # What the pipeline feeds the net (repro.loaders): pixels scaled to [0, 1] and nothing subtracted
+    # What the pipeline feeds the net (repro.data.loaders): pixels scaled to [0, 1] and nothing subtracted
     # (mean 0, std 1), validation resized to 256/224 of the crop then center-cropped (crop_pct 0.875),
     # bilinear. first_conv is the conv that sees the image: the depthwise half of the separable conv1.
     return dict(

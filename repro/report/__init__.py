@@ -20,8 +20,8 @@ import matplotlib
 import numpy as np
 import yaml
 
-from repro.records import atomic_write, write_json
 from repro.report.stats import METHOD_NOTE, verdict
+from repro.runs.files import atomic_write, write_json
 
 matplotlib.use("Agg")  # reports render to files; no display is needed or wanted
 

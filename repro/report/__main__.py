@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 path = build(figure, args.runs_dir or Path("runs"), args.scale, args.out, claims,
                              tuple(args.override), **kwargs)
         if args.figure in FIGURES:  # the map and the plateau check have no claims table of the per-figure form
-            from repro.wandb_mirror import log_report
+            from repro.report.mirror import log_report
 
             if (logged := log_report(path, args.runs_dir or Path("runs"), args.wandb)) is not None:
                 print(f"logged the report to wandb: {logged}")

@@ -23,7 +23,7 @@ EXPERIMENTS = [BASE, BN]
 
 def cell_overrides(ledger: dict, lr: float, std: float, extra: tuple[str, ...]) -> tuple[str, ...]:
     """The overrides that make the Figure 1 recipe one cell of the map, as `repro.stacked --map` runs it."""
-    from repro.mapgrid import MAP_SETTINGS, schedule
+    from repro.stacked.mapgrid import MAP_SETTINGS, schedule
 
     return (f"optim.lr={lr}", f"model.init_std={std}", *schedule(ledger["grid"]), *MAP_SETTINGS, *extra)
 

@@ -15,9 +15,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from repro.evaluate import evaluate_runs
-from repro.records import write_json
 from repro.report import Long, claims_section, fmt, md_table, runs_section, save_figure
 from repro.report.stats import normal_interval, summarize
+from repro.runs.files import write_json
 
 SINGLE = "bn_x30"
 MEMBERS = [f"ensemble_{i}" for i in range(1, 7)]

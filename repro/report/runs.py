@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from repro import records
 from repro.config import CONF_DIR
 from repro.errors import ReproError
+from repro.runs import files, rundir
 
 ROOT = Path(CONF_DIR).parent  # the repository: where git answers about ledgers
 
@@ -46,7 +46,7 @@ class Run:
 
     @property
     def identity(self) -> str:
-        return records.identity_hash(self.config)
+        return rundir.identity_hash(self.config)
 
     @property
     def last_step(self) -> int:
@@ -64,14 +64,14 @@ def read_run(d: Path) -> Run:
     env = d / "env.json"
     return Run(d, yaml.safe_load((d / "config.yaml").read_text()), json.loads(env.read_text()) if env.exists() else {},
                json.loads(summary.read_text()) if summary.exists() else None,
-               records.read_jsonl(metrics) if metrics.exists() else [])
+               files.read_jsonl(metrics) if metrics.exists() else [])
 
 
 def recipe_config(experiment: str, scale: str, overrides: tuple[str, ...] = ()) -> dict:
     """The resolved config `python -m repro.train experiment=<e> scale=<s> <overrides>` would run."""
     from repro.config import compose
 
-    return records.config_dict(compose([f"experiment={experiment}", f"scale={scale}", *overrides]))
+    return rundir.config_dict(compose([f"experiment={experiment}", f"scale={scale}", *overrides]))
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -83,7 +83,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def differing_keys(config: dict, recipe: dict) -> list[str]:
     """`key=run value (recipe: value)` for each identity key where a run departs from the recipe."""
-    a, b = _flat(records.identity_dict(config)), _flat(records.identity_dict(recipe))
+    a, b = _flat(rundir.identity_dict(config)), _flat(rundir.identity_dict(recipe))
     return [f"{k}={a.get(k, '(absent)')} (recipe: {b.get(k, '(absent)')})" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
 
@@ -101,7 +101,7 @@ def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: t
     """The runs of `experiments` at `scale` under `runs_dir` that match the recipe, and why the others do not.
     With `seeds` (a figure made from those seeds only, as Figure 4 from seed 1) other seeds are not candidates."""
     recipes = {e: recipe_config(e, scale, overrides) for e in experiments}
-    identity = {e: records.identity_hash(c) for e, c in recipes.items()}
+    identity = {e: rundir.identity_hash(c) for e, c in recipes.items()}
     chosen: dict[tuple[str, int], Run] = {}
     excluded = []
     for cfg_path in sorted(Path(runs_dir).glob("*/config.yaml")):

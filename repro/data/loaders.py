@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from repro import dist
 from repro.config import DataConfig
+from repro.config.names import FOLDER_DATASETS
 from repro.errors import DataError, ReproError
+from repro.runs import dist
 
 log = logging.getLogger("repro.data")
 
@@ -205,9 +206,6 @@ class LoaderStream:
 
     def load_state_dict(self, s: dict) -> None:
         self.sampler.epoch, self.batches_done, self._it = s["epoch"], s["batches_done"], None
-
-
-FOLDER_DATASETS = ("imagenet", "cifar10")
 
 
 class CorruptImage(DataError):

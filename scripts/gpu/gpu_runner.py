@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from bench_models import seconds
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from repro import records
 from repro.config import compose
-from repro.data import load_splits
+from repro.data.mnist import load_splits
 from repro.optim import build_optimizer
+from repro.runs import files, rundir
 from repro.train import build_model, run
 
 
@@ -92,7 +92,7 @@ def runner(sz, device, fmnist: Path, tmp: Path) -> dict:
     before = bare_rate()
     summary = run(cfg)
     after = bare_rate()
-    rows = [r for r in records.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl") if "loss" in r]
+    rows = [r for r in files.read_jsonl(Path(summary["run_dir"]) / "metrics.jsonl") if "loss" in r]
     first, last = rows[0], rows[-1]  # steps log_every .. n: no evaluation inside
     runner_ips = (last["step"] - first["step"]) * b / (last["wall"] - first["wall"])
     bare_ips = max(before, after)
@@ -108,5 +108,5 @@ def _checkpoint_seconds(run_dir: Path) -> float:
     """Seconds to write the run's checkpoint once more (what each checkpoint_every costs)."""
     state = torch.load(run_dir / "ckpt.pt", map_location="cpu", weights_only=False)
     t0 = time.perf_counter()
-    records.save_checkpoint(run_dir, state)
+    rundir.save_checkpoint(run_dir, state)
     return time.perf_counter() - t0

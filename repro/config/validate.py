@@ -1,6 +1,6 @@
 """Every value of a composed Config checked in one place, before anything is made on disk.
 
-The schema (repro.config) catches unknown keys and wrong types; this module catches the rest: values
+The schema (repro.config.schema) catches unknown keys and wrong types; this module catches the rest: values
 out of range, enum-like strings that are not one of their options, keys appended with Hydra's `+`
 (which the schema lets through), and relative paths, recorded absolute so that a run resolves to the
 same files from any working directory. `check(cfg)` runs at compose time (`to_config`) and again at
@@ -16,10 +16,9 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from repro.config import DataConfig
-from repro.data import DATASETS, SOURCES
+from repro.config.names import DATASETS, FOLDER_DATASETS, SOURCES
+from repro.config.schema import DataConfig
 from repro.errors import ReproError
-from repro.loaders import FOLDER_DATASETS
 
 # ----------------------------------------------------------------------------------------------
 # The rules: (key, test, what a valid value is). A test gets the value and the whole Config.
@@ -140,7 +139,7 @@ def problems(cfg: Any) -> list[str]:
         near = difflib.get_close_matches(key.rsplit(".", 1)[-1], fields, n=1)
         hint = f"did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{near[0]}?" if near else \
             f"its keys are {', '.join(fields)}"
-        out.append(f"{key} is not a key of the schema (repro/config.py; {hint}); drop the `+` override")
+        out.append(f"{key} is not a key of the schema (repro/config/schema.py; {hint}); drop the `+` override")
     for key, test, valid in RULES:
         value = _get(cfg, key)
         try:

@@ -11,10 +11,10 @@ import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2.functional import pil_to_tensor
 
-from repro import loaders
 from repro.config import DataConfig
-from repro.crops import multi_crop
-from repro.data import DATASETS, Splits, load_splits
+from repro.data import loaders
+from repro.data.crops import multi_crop
+from repro.data.mnist import DATASETS, Splits, load_splits
 from repro.errors import ReproError
 
 
@@ -66,7 +66,7 @@ class _Views(torch.utils.data.Dataset):
         img, _ = self.dataset[i]  # the dataset has no transform: a PIL image at its stored size
         if self.crops == 1:
             return self.one_crop(img).unsqueeze(0)  # (1, C, crop, crop) float, exactly what training evaluated
-        # (V, C, crop, crop) uint8; V is 48 instead of 144 for a square image (same average, see repro.crops)
+        # (V, C, crop, crop) uint8; V is 48 instead of 144 for a square image (same average, see repro.data.crops)
         return multi_crop(pil_to_tensor(img).unsqueeze(0), self.crops, self.crop_size, unique=True)[0]
 
 

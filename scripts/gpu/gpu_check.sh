@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# One prepared GPU check (scripts/gpu_check.py says what it measures): about 6 minutes on one H100.
-#   scripts/gpu_check.sh [--out DIR]              # on a GPU machine; writes DIR/<card>/report.md
-#   GPU_CHECK_CPU=1 scripts/gpu_check.sh --out D  # the same code at tiny sizes on the CPU
+# One prepared GPU check (scripts/gpu/gpu_check.py says what it measures): about 6 minutes on one H100.
+#   scripts/gpu/gpu_check.sh [--out DIR]           # on a GPU machine; writes DIR/<card>/report.md
+#   GPU_CHECK_CPU=1 scripts/gpu/gpu_check.sh --out D # the same code at tiny sizes on the CPU
 # Where hydra-core/omegaconf are missing (a bare GPU image), wheels in .whl/ are installed first.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
   ls .whl/*.whl >/dev/null 2>&1 || { echo "error: hydra-core is not installed and no wheels in .whl/: run make install, or carry the wheels" >&2; exit 2; }
@@ -12,4 +12,4 @@ if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
   export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONUNBUFFERED=1
-exec "$PY" scripts/gpu_check.py "$@"
+exec "$PY" scripts/gpu/gpu_check.py "$@"

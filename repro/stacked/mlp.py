@@ -27,12 +27,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from repro import loaders, mapgrid, records, resume, wandb_mirror
 from repro.config import Config, compose
-from repro.data import load_splits
+from repro.data import loaders
+from repro.data.mnist import load_splits
 from repro.errors import ReproError
+from repro.models import build_model
+from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, peak_lr
-from repro.train import SigmoidProbe, _rng_state, build_model
+from repro.runs import files, rundir, wandb_mirror
+from repro.stacked import mapgrid
 
 log = logging.getLogger("repro.stacked")
 EPS, MOMENTUM = 1e-5, 0.1  # nn.BatchNorm1d defaults, as repro.models.mlp uses them
@@ -205,30 +208,29 @@ class Member:
 
     def __init__(self, cfg: Config, describe: dict, device: torch.device):
         self.cfg, self.describe, self.status, self.diverged_at = cfg, describe, "running", None
-        self.run_dir = records.find_resumable(cfg)
+        self.run_dir = rundir.find_resumable(cfg)
         self.finished = bool(self.run_dir and (self.run_dir / "summary.json").exists())
         torch.manual_seed(cfg.seed)  # as repro.train: the same seed gives the same initial weights
         self.net = build_model(cfg.model, 1, 10, 28).to(device)
-        self.ckpt = None if self.run_dir is None or self.finished else records.load_checkpoint(self.run_dir)
+        self.ckpt = None if self.run_dir is None or self.finished else rundir.load_checkpoint(self.run_dir)
         self.lock = self.log = self.wandb_id = None
 
     def start(self, env: dict) -> None:
         if self.ckpt is not None:
-            resume.check_checkpoint(self.ckpt, self.run_dir / "ckpt.pt", self.cfg, self.describe)
+            rundir.check_checkpoint(self.ckpt, self.run_dir / "ckpt.pt", self.cfg, self.describe)
             self.net.load_state_dict(self.ckpt["model"])
         if self.run_dir is None:
-            self.run_dir = records.new_run_dir(self.cfg)
-        self.lock = resume.acquire(self.run_dir)
-        resume.remove_stale_temporaries(self.run_dir)
-        records.write_run_header(self.run_dir, self.cfg, env | {"data": self.describe, "run_dir": str(self.run_dir)})
+            self.run_dir = rundir.new_run_dir(self.cfg)
+        self.lock = rundir.hold(self.run_dir)
+        rundir.write_run_header(self.run_dir, self.cfg, env | {"data": self.describe, "run_dir": str(self.run_dir)})
         ck = self.ckpt
         self.wandb_id = (ck["wandb_id"] if ck else None) or wandb_mirror.new_id()  # one wandb run per run directory
-        self.log = records.MetricsLog(self.run_dir, ck["step"] if ck else None,
-                                      wandb_mirror.start(self.run_dir, self.cfg, self.wandb_id))
+        self.log = files.MetricsLog(self.run_dir, ck["step"] if ck else None,
+                                    wandb_mirror.start(self.run_dir, self.cfg, self.wandb_id))
         self.wall0, self.resumes = (ck["wall"], ck.get("resumes", []) + [ck["step"]]) if ck else (0.0, [])
 
     def finish(self, steps: int, wall: float) -> dict:
-        history = records.read_jsonl(self.log.path)
+        history = files.read_jsonl(self.log.path)
         accs = [r["test_acc"] for r in history if "test_acc" in r]
         cfg, done = self.cfg, self.status == "complete"
         summary = {
@@ -239,22 +241,22 @@ class Member:
             "global_batch": cfg.train.batch_size, "wall_s": round(self.wall0 + wall, 2), "data": self.describe,
             "resumed_from": self.resumes, "wandb_id": self.wandb_id, "stacked": True,
         }
-        records.write_json(self.run_dir / "summary.json", summary)
+        files.write_json(self.run_dir / "summary.json", summary)
         self.log.close(summary)
-        resume.release(self.lock)
+        rundir.release(self.lock)
         return summary
 
 
 def _checkpoint(stack: Stack, members: list[Member], stream, step: int, wall: float, window: torch.Tensor) -> None:
-    rng = [_rng_state()]
+    rng = [rundir.rng_state()]
     for j, mb in enumerate(members):
         if mb.status != "running":
             continue
         optimizer = build_optimizer(mb.net, mb.cfg.optim)  # plain SGD keeps no state: only its settings
-        records.save_checkpoint(mb.run_dir, {
+        rundir.save_checkpoint(mb.run_dir, {
             "model": stack.state_dict(j, mb.cfg.model.norm), "optimizer": optimizer.state_dict(),
             "data": stream.state_dict(), "rng": rng, "step": step, "wall": mb.wall0 + wall,
-            "wandb_id": mb.wandb_id, "losses": [window[:, j].clone()], "identity": resume.run_identity(mb.cfg),
+            "wandb_id": mb.wandb_id, "losses": [window[:, j].clone()], "identity": rundir.run_identity(mb.cfg),
             "data_identity": mb.describe, "resumes": mb.resumes})
 
 
@@ -295,7 +297,7 @@ def run(overrides: list[str]) -> list[dict]:
         torch.set_num_threads(t.threads)
     splits = load_splits(cfgs[0].data)
     describe = splits.describe()
-    env = records.environment(torch.device("cpu")) | {"stacked": {"members": len(cfgs), "argv": sys.argv}}
+    env = rundir.environment(torch.device("cpu")) | {"stacked": {"members": len(cfgs), "argv": sys.argv}}
     summaries, by_seed = [], {}
     for c in cfgs:
         m = Member(c, describe, torch.device("cpu"))
@@ -312,7 +314,7 @@ def run(overrides: list[str]) -> list[dict]:
             for m in ms:
                 if m.log is not None:
                     m.log.close(failed=True)  # a no-op for a member that finished
-                resume.release(m.lock)
+                rundir.release(m.lock)
     return summaries
 
 
@@ -391,7 +393,3 @@ def main(argv: list[str] | None = None) -> int:
     bad = [s for s in summaries if s["status"] != "complete"]
     log.info("%d runs in %.1f s (%d diverged)", len(summaries), time.perf_counter() - t0, len(bad))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from repro import dist
+from repro.runs import dist
 
 # ----------------------------------------------------------------------------------------------
 # Components

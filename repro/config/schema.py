@@ -1,4 +1,4 @@
-"""Typed configuration schema, registered in Hydra's ConfigStore.
+"""Typed configuration schema, registered in Hydra's ConfigStore (read it through `repro.config`).
 
 Every YAML file under `conf/` is validated against these dataclasses at compose time, so an unknown
 key or a value of the wrong type fails before anything runs, naming the key. Below the entry point
@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 # ----------------------------------------------------------------------------------------------
 # One dataclass per concern
@@ -147,23 +146,3 @@ def register_configs() -> None:
     """Register the schema so `conf/config.yaml` validates against it."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-
-
-def to_config(cfg: Any) -> Config:
-    """Convert a composed DictConfig into the typed `Config` (resolving interpolations), then check
-    every value and record its paths absolute (repro.validate): a ReproError if any is invalid."""
-    from repro import validate  # validate reads the dataset and loader tables, which import this module
-
-    return validate.check(OmegaConf.to_object(cfg) if not isinstance(cfg, Config) else cfg)
-
-
-def compose(overrides: list[str]) -> Config:
-    """The typed Config that `python -m repro.train OVERRIDES` runs, for scripts and tests."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return to_config(hydra_compose(config_name="config", overrides=overrides))

@@ -1,0 +1,345 @@
+"""A run directory's whole life: its name (the identity hash), its claim and lock, its header, its
+checkpoints, and whether a checkpoint found there may be resumed.
+
+Layout of `runs/<experiment>-<scale>-s<seed>-<hash>/`:
+  config.yaml   the resolved config          env.json      versions, device, git commit, data source
+  metrics.jsonl one JSON record per logged step  summary.json  final numbers and status
+  ckpt.pt       the last checkpoint (model, optimizer, step, RNG states, data position)
+  lock.json     held while a process writes the run (its pid and host)
+A checkpoint carries its run's identity (the config hash, seed included) and its data's identity
+(source, image counts, a checksum of the images); a resume refuses either mismatch with one line,
+instead of continuing someone else's network or new data under the old run's name. A run directory
+is held by a lock file naming the owner's pid and host, so two starts never write one run. Local
+files are the record (written atomically by repro.runs.files); wandb mirrors them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from repro.config import Config
+from repro.errors import ReproError
+from repro.runs import dist
+from repro.runs.files import atomic_write, write_json, write_via_temporary
+
+log = logging.getLogger("repro.resume")
+
+# Keys that do not change what a run computes, so they stay out of its identity hash.
+_NOT_IDENTITY = ("resume", "runs_dir", "logger")
+_NOT_IDENTITY_TRAIN = ("device", "threads")
+_NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differs between machines
+
+CHECKPOINT_KEYS = ("model", "optimizer", "data", "rng", "step", "wall", "wandb_id")
+DATA_IDENTITY = ("dataset", "source", "n_train", "n_test", "image_shape", "checksum")
+LOCK = "lock.json"
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity, name and directory
+
+
+def config_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _with_defaults(d: dict, defaults: dict) -> dict:
+    """`d` with the keys it lacks taken from `defaults`: a run recorded before a key joined the schema
+    ran with what is now that key's default."""
+    return {k: _with_defaults(d[k], v) if isinstance(v, dict) and isinstance(d.get(k), dict) else d.get(k, v)
+            for k, v in defaults.items()} | {k: v for k, v in d.items() if k not in defaults}
+
+
+def identity_dict(d: dict, with_seed: bool = False) -> dict:
+    """The keys of a resolved config (a dict, e.g. a run's config.yaml) that decide what it computes:
+    not where its files are (the data's identity, its source, counts and checksum, is checked apart)."""
+    d = _with_defaults(d, dataclasses.asdict(Config()))
+    d = {k: v for k, v in d.items() if k not in _NOT_IDENTITY and (with_seed or k != "seed")}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in _NOT_IDENTITY_TRAIN}
+    d["data"] = {k: v for k, v in d["data"].items() if k not in _NOT_IDENTITY_DATA}
+    return d
+
+
+def _hash(d: dict) -> str:
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def config_hash(cfg: Config) -> str:
+    """Names the run directory: the identity with the seed."""
+    return _hash(identity_dict(config_dict(cfg), with_seed=True))
+
+
+def identity_hash(d: dict) -> str:
+    """The run's identity: its resolved config without seed, run directory, logger keys and data
+    paths. Runs of one recipe at one scale share it, whatever their seed; computable from any run's
+    config.yaml."""
+    return _hash(identity_dict(d))
+
+
+def run_name(cfg: Config) -> str:
+    return f"{cfg.experiment}-{cfg.scale.name}-s{cfg.seed}-{config_hash(cfg)}"
+
+
+def _dir_candidates(cfg: Config) -> list[Path]:
+    base = Path(cfg.runs_dir) / run_name(cfg)
+    return [base] + [base.with_name(f"{base.name}.{i}") for i in range(2, 1000)]
+
+
+def existing_run_dirs(cfg: Config) -> list[Path]:
+    """The directories runs of this exact config made, oldest name first."""
+    return [p for p in _dir_candidates(cfg) if p.exists()]
+
+
+def find_resumable(cfg: Config) -> Path | None:
+    """With resume=auto: the latest run of the identical config that left a checkpoint or finished
+    (a later directory a run left before its first checkpoint has nothing to resume)."""
+    if cfg.resume != "auto":
+        return None
+    done = [p for p in existing_run_dirs(cfg) if (p / "summary.json").exists() or (p / "ckpt.pt").exists()]
+    return done[-1] if done else None
+
+
+def new_run_dir(cfg: Config) -> Path:
+    """A fresh directory; an existing name gets a .2, .3, ... suffix so no run is ever overwritten."""
+    for p in _dir_candidates(cfg):
+        try:
+            p.mkdir(parents=True, exist_ok=False)
+            return p
+        except FileExistsError:
+            continue
+        except OSError as e:  # read-only file system, no permission, a file in the way
+            raise ReproError(f"cannot create the run directory {p} ({e.strerror}): set runs_dir=DIR to a "
+                             f"writable folder") from e
+    raise ReproError(f"more than 999 runs named {run_name(cfg)}: clean up {cfg.runs_dir}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Claim: which directory a start uses, held by a lock
+
+
+def claim(cfg: Config) -> tuple[Path | None, bool]:
+    """Rank 0 finds the run to resume (if any) and tells the others: (dir or None, finished)."""
+    found = None
+    if dist.is_main():
+        note_orphans(cfg)
+        found = find_resumable(cfg)
+    finished = bool(found and (found / "summary.json").exists())
+    return dist.broadcast_object((found, finished))
+
+
+def hold(run_dir: Path) -> Path:
+    """Lock a claimed run directory (`acquire`), then clear what a killed run left half-written in it."""
+    lock = acquire(run_dir)
+    remove_stale_temporaries(run_dir)
+    return lock
+
+
+def note_orphans(cfg: Config) -> None:
+    """Say which earlier directories of this config hold nothing to resume (stopped before a checkpoint)."""
+    for d in existing_run_dirs(cfg):
+        if not any((d / f).exists() for f in ("ckpt.pt", "summary.json")) and not _held(d / LOCK):
+            log.warning("%s was left by a run stopped before its first checkpoint: nothing there can be resumed; "
+                        "delete it (train.checkpoint_every=N saves every N steps)", d)
+
+
+def _owner(lock: Path) -> tuple[int, str]:
+    try:
+        owner = json.loads(lock.read_text())
+        return int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):  # gone, or a write torn by a crash: nobody holds it
+        return -1, socket.gethostname()
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live process may hold `lock` (one on another host may be, for all we can tell)."""
+    if not lock.exists():
+        return False
+    pid, host = _owner(lock)
+    if host != socket.gethostname():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def acquire(run_dir: Path) -> Path:
+    """Take `run_dir`'s lock file, or say who holds it. A lock left by a dead process on this host is
+    reported and taken over; one from another host is refused (we cannot tell whether it is alive)."""
+    lock, host = run_dir / LOCK, socket.gethostname()
+    mine = run_dir / f".{LOCK}.{os.getpid()}.tmp"
+    try:
+        mine.write_text(json.dumps({"pid": os.getpid(), "host": host}))
+        for _ in range(2):
+            try:
+                os.link(mine, lock)  # atomic: the lock appears whole, with its owner, or not at all
+                return lock
+            except FileExistsError:
+                pid, owner_host = _owner(lock)
+                if owner_host != host:
+                    raise ReproError(f"{run_dir} is locked by pid {pid} on {owner_host}: wait for that run to end, "
+                                     f"or if it is gone delete {lock}; resume=never starts a new run beside it") from None
+                if _held(lock):
+                    raise ReproError(f"{run_dir} is in use by pid {pid} on this host: wait for it to end (if pid {pid} "
+                                     f"is no repro run, delete {lock}), or pass resume=never to start a new run "
+                                     f"beside it") from None
+                log.warning("%s: stale lock of pid %d (no longer running) removed", run_dir, pid)
+                lock.unlink(missing_ok=True)
+    except OSError as e:
+        raise ReproError(f"cannot write {lock} ({e.strerror}): make {run_dir} writable") from e
+    finally:
+        mine.unlink(missing_ok=True)
+    raise ReproError(f"could not lock {run_dir}: another start took it at the same moment; try again")
+
+
+def release(lock: Path | None) -> None:
+    if lock is not None:
+        lock.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written files (`.ckpt.*.tmp`, ~100 MB at paper scale) left by a kill; safe under the lock."""
+    for tmp in run_dir.glob(".*.tmp"):
+        log.info("removing %s, left half-written by an interrupted run", tmp)
+        tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Header: what the run records about its config and machine
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment(device: torch.device, world_size: int = 1) -> dict:
+    import timm
+    import torchvision
+
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "cpu_threads": torch.get_num_threads(),
+        "world_size": world_size,
+        "git_commit": git_commit(),
+        "argv": sys.argv,
+    }
+
+
+def write_run_header(run_dir: Path, cfg: Config, env: dict) -> None:
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
+    write_json(run_dir / "env.json", env | {"identity": identity_hash(config_dict(cfg))})
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints, and whether one belongs to this run
+
+
+def save_checkpoint(run_dir: Path, state: dict) -> None:
+    write_via_temporary(run_dir / "ckpt.pt", lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(run_dir: Path) -> dict | None:
+    path = run_dir / "ckpt.pt"
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises several types for a damaged zip/pickle
+        raise ReproError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}): delete it to "
+            f"restart that run, or pass resume=never to start a new run beside it") from e
+
+
+def rng_state() -> dict:
+    """This process's RNG states (torch, Python, NumPy, CUDA), as a checkpoint keeps them for an exact resume."""
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def run_identity(cfg: Config) -> dict:
+    """What a checkpoint records about the run that wrote it."""
+    return {"config_hash": config_hash(cfg), "run": run_name(cfg)}
+
+
+def data_identity(describe: dict) -> dict:
+    """The part of a dataset's description that must not change under a run: source, counts, checksum."""
+    return {k: describe[k] for k in DATA_IDENTITY if k in describe}
+
+
+_NEW_RUN = "move it away, or pass resume=never to start a new run beside it"
+
+
+def check_checkpoint(ckpt, path: Path, cfg: Config, data: dict, fix: str = _NEW_RUN) -> None:
+    """Refuse (ReproError) a checkpoint that is not one, is another run's, or saw other data."""
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise ReproError(f"{path} is not a repro.train checkpoint (it lacks {', '.join(missing)}): {fix}")
+    mine = run_identity(cfg)
+    theirs = ckpt.get("identity")
+    if theirs is None:
+        log.warning("%s predates checkpoints that carry their run's identity: its identity is not checked", path)
+    elif theirs["config_hash"] != mine["config_hash"]:
+        raise ReproError(f"{path} belongs to run {theirs['run']}, not to this run {mine['run']} (another seed or "
+                         f"config): {fix}")
+    then, now = data_identity(ckpt.get("data_identity") or {}), data_identity(data)
+    changed = [k for k in then if k in now and then[k] != now[k]]
+    if changed:
+        k = changed[0]
+        fix = "restore the run's data, or pass resume=never to start over on this data" if fix == _NEW_RUN else fix
+        raise ReproError(f"{path} was trained on other data than this start finds ({k}: {then[k]!r} then, "
+                         f"{now[k]!r} now): {fix}")
+
+
+def check_evaluable(run_dir: Path, ckpt, cfg: Config, data) -> None:
+    """repro.evaluate: refuse a run without a checkpoint, or whose checkpoint is not its own or saw other
+    data than `data` (its config's data, loaded now); warn that an unfinished run is scored as it stands."""
+    finished = (run_dir / "summary.json").exists()
+    if ckpt is None:
+        why = "see its summary.json" if finished else "it stopped before its first checkpoint"
+        raise ReproError(f"{run_dir} has no ckpt.pt ({why}): resume it with resume=auto, or leave it out")
+    if not Path(cfg.data.root).is_absolute():  # runs before issue 11 recorded data.root as given
+        log.warning("%s records a relative data.root=%s: it is looked up from %s", run_dir, cfg.data.root, Path.cwd())
+    check_checkpoint(ckpt, run_dir / "ckpt.pt", cfg, data.describe(),
+                     fix="evaluate the run with the data and files it was trained with")
+    if not finished:
+        log.warning("%s is unfinished (checkpoint at step %d of %d): scored as it stands", run_dir, ckpt["step"],
+                    cfg.train.steps)

@@ -1,0 +1,8 @@
+"""`python -m repro.stacked ...` (and `--map LEDGER`): the entry point; the code lives in repro.stacked.mlp."""
+
+import sys
+
+from repro.stacked.mlp import main
+
+if __name__ == "__main__":
+    sys.exit(main())
