@@ -182,7 +182,7 @@ def test_linear_bn1d_fold():
 def test_small_input_forward_backward_every_switch():
     x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
     variants = [("bn_inception", {}), ("inception_paper", {}), ("bn_inception", {"act": "sigmoid"}),
-                ("inception_paper", {"norm": "bn", "table": "caffe", "conv1": "plain"}),
+                ("inception_paper", {"norm": "bn", "table": "caffe", "conv1": "plain", "pools": "symmetric"}),
                 ("bn_inception", {"norm": "gn"}), ("bn_inception", {"norm": "ln", "init_scale": 2.0}),
                 ("bn_inception", {"per_activation_bn": 2, "img_size": 28, "drop_rate": 0.1})]
     for name, kw in variants:
@@ -210,3 +210,42 @@ def test_timm_conventions():
         torch.manual_seed(0)
         convs.append([c.weight for c in small("bn_inception", init_scale=scale).modules() if isinstance(c, nn.Conv2d)])
     assert all(torch.allclose(3 * a, b) for a, b in zip(*convs, strict=True))
+
+
+def test_pools_lay_out_windows_as_the_reference_ports():
+    """Issue 20: stride-2 max pools start their windows at 0 in both ports (slim "SAME": padding after
+    only; Caffe: no padding, ceil mode), where the pre-issue-20 layout padded 1 before; Caffe's average
+    pools count the padding, TF-slim's leave it out."""
+    from repro.models.layers import make_pool
+
+    x = torch.arange(36.0).view(1, 1, 6, 6)  # x[i, j] = 6 i + j: a window's max is its bottom-right cell
+    first_rows = {p: make_pool("max", 2, p)(x)[0, 0, :, 0].tolist() for p in ("slim", "caffe", "symmetric")}
+    assert first_rows["slim"] == first_rows["caffe"] == [14.0, 26.0, 32.0]  # rows 0-2, 2-4, 4-5(+pad)
+    assert first_rows["symmetric"] == [7.0, 19.0, 31.0]  # rows -1-1, 1-3, 3-5
+    odd = torch.zeros(1, 1, 7, 7)  # 4e's input at 28 px: SAME gives ceil(7/2), Caffe's ceil mode (7-3)/2+1
+    assert [make_pool("max", 2, p)(odd).shape[-1] for p in ("slim", "caffe", "symmetric")] == [4, 3, 4]
+    ones = torch.ones(1, 1, 4, 4)
+    assert make_pool("avg", 1, "caffe")(ones)[0, 0, 0, 0] == 4 / 9  # corner: 4 real cells of 9
+    assert make_pool("avg", 1, "slim")(ones)[0, 0, 0, 0] == 1.0  # padding left out of the count
+    net = timm.create_model("bn_inception", table="caffe", num_classes=0)
+    pools = [m for m in net.modules() if isinstance(m, nn.MaxPool2d) and m.stride == 2]
+    assert len(pools) == 4 and all(m.padding == 0 and m.ceil_mode for m in pools)  # pool1, pool2, 3c, 4e
+    assert timm.create_model("bn_inception", pools="symmetric").pool2.padding == 1
+    try:
+        timm.create_model("bn_inception", table="caffe", small_input=True, img_size=28)
+        raise AssertionError("Caffe's ceil-mode pools at 28 px must be refused")
+    except ValueError as e:
+        assert "pools='symmetric'" in str(e)
+
+
+def test_lrn_equals_torchs():
+    from repro.models.layers import LocalResponseNorm
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = (torch.randn(4, 16, 7, 5) * 3).to(memory_format=fmt).requires_grad_()
+        x2 = x.detach().clone().requires_grad_()
+        ours, ref = LocalResponseNorm(5, alpha=1e-4, beta=0.75)(x), nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75)(x2)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+        (ours ** 2).sum().backward()
+        (ref ** 2).sum().backward()
+        torch.testing.assert_close(x.grad, x2.grad, rtol=1e-6, atol=1e-6)

@@ -23,8 +23,14 @@ timm's model API as timm's generic tests check it (tests/test_timm_contract.py):
 `feature_info`, `set_grad_checkpointing()`; `pretrained_cfg` states the pipeline's input ([0, 1] pixels).
 
 Choices the paper leaves open (docs/paper-notes.md); ours, each with its reason:
-* Padding is symmetric, so 224 halves exactly to 112/56/28/14/7, as both reference ports.
-* In-module average pools exclude the padding (TF-slim "SAME"); stride-2 pools are 3x3/2.
+* Pools as the `table`'s reference port (`pools="port"`, the default), 3x3/2 for every stride-2 pool:
+  `slim` pools as TF-slim, "SAME" (stride-2 max pools start their windows at 0 and pad only after the
+  last row and column when needed; average pools exclude the padding); `caffe` pools as the Caffe port
+  (stride-2 max pools in ceil mode with no padding; average pools count the padding). Both halve 224
+  exactly to 112/56/28/14/7. `pools="symmetric"` is the layout before issue 20 (every pool padded by 1 on
+  each side, floor; average pools exclude the padding), kept so that runs recorded with it rebuild.
+* Convolutions are padded symmetrically (k // 2), as the Caffe port; TF-slim's stride-2 convolutions
+  are "SAME" (padding after only), which differs at even sizes (a step not taken here).
 * BN learns γ and β (Alg. 1), unlike TF-slim's `scale=False`; eps 1e-3 as TF-slim.
 * The separable conv1 is depthwise (no bias) then pointwise; its norm/bias follow the pointwise conv.
 * Init: fan-in He normal on convs (TF-slim's variance scaling) times `init_scale`; fc N(0, 0.01²).
@@ -40,15 +46,15 @@ Choices the paper leaves open (docs/paper-notes.md); ours, each with its reason:
 """
 from collections import OrderedDict
 from functools import partial
-from math import gcd
 from typing import NamedTuple
 
 import torch
-from timm.layers import create_classifier, create_norm_layer
+from timm.layers import create_classifier
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
 from repro.models.features import BlockFeatures
+from repro.models.layers import LocalResponseNorm, make_norm, make_pool
 
 __all__ = ["Inception", "make_norm", "PerActivationBN", "TABLES", "STEM"]
 
@@ -99,21 +105,6 @@ TABLES = {
 # Components
 
 
-def make_norm(norm: str | None, eps: float = 1e-3, momentum: float = 0.1):
-    """Resolve `norm` to a `channels -> module` factory, or None when the layer is unnormalized."""
-    # timm's factory has no "none" (and its apply_norm=False also drops the activation), so wrap it.
-    if norm in (None, "", "none"):
-        return None
-    # bn_momentum is PyTorch's weight of the *new* batch statistic (TF-slim's decay 0.9997 = momentum 3e-4).
-    if norm == "bn":
-        return partial(create_norm_layer, "batchnorm2d", eps=eps, momentum=momentum)
-    if norm == "gn":  # beyond the paper; 32 groups where the (width-scaled) channels allow it
-        return lambda c: create_norm_layer("groupnorm", c, num_groups=gcd(32, c), eps=eps)
-    if norm == "ln":  # beyond the paper; per-position LayerNorm over channels
-        return partial(create_norm_layer, "layernorm2d", eps=eps)
-    raise ValueError(f"norm must be bn | gn | ln | none, got {norm!r}")
-
-
 ACTS = {"relu": partial(nn.ReLU, inplace=True), "sigmoid": nn.Sigmoid}
 
 
@@ -158,7 +149,7 @@ class ConvPerActBNAct(ConvNormAct):
 class InceptionModule(nn.Module):
     """One table row: 1x1 | 1x1 -> 3x3 | 1x1 -> 3x3 -> 3x3 (replaces GoogLeNet's 5x5) | pool (-> 1x1)."""
 
-    def __init__(self, cin: int, row: Row, conv):
+    def __init__(self, cin: int, row: Row, conv, pools: str = "symmetric"):
         super().__init__()
         s = row.stride  # 3c and 4e: stride-2 conv and pooling inside the module, before the concat
         self.branch_1x1 = conv(cin, row.n1x1, 1) if row.n1x1 else None
@@ -172,10 +163,7 @@ class InceptionModule(nn.Module):
                 conv_b=conv(row.d3x3, row.d3x3, 3, s),
             )
         )
-        if row.pool == "avg":
-            pool = nn.AvgPool2d(3, s, 1, count_include_pad=False)
-        else:
-            pool = nn.MaxPool2d(3, s, 1)
+        pool = make_pool(row.pool, s, pools)
         proj = OrderedDict(pool=pool, proj=conv(cin, row.proj, 1)) if row.proj else OrderedDict(pool=pool)
         self.branch_pool = nn.Sequential(proj)
         self.out_chs = row.n1x1 + row.n3x3 + row.d3x3 + (row.proj or cin)  # pass through keeps cin
@@ -204,6 +192,7 @@ class Inception(BlockFeatures, nn.Module):
         lrn: bool = False,
         conv1: str = "separable",
         table: str = "slim",
+        pools: str = "port",
         per_activation_bn: int = 0,
         init_scale: float = 1.0,
         width: float = 1.0,
@@ -218,6 +207,12 @@ class Inception(BlockFeatures, nn.Module):
             raise ValueError(f"bad conv1={conv1!r}, table={table!r} or act={act!r}")
         if not 0 <= per_activation_bn <= 2:
             raise ValueError("per_activation_bn counts modules at the final resolution: 0, 1 or 2")
+        pools = table if pools == "port" else pools
+        if pools == "caffe" and img_size is not None and img_size // (2 if small_input else 8) % 4:
+            # ceil-mode pools beside floor-mode stride-2 convs agree only on even maps (3c and 4e)
+            raise ValueError(f"pools as Caffe (ceil mode) need even maps before 3c and 4e: img_size={img_size} "
+                             f"gives {img_size // (2 if small_input else 8)} after pool2; use a multiple of "
+                             f"{8 if small_input else 32}, or pools='symmetric'")
         if per_activation_bn and img_size is None:
             raise ValueError("per_activation_bn needs img_size (one statistic per activation)")
         self.num_classes, self.drop_rate = num_classes, drop_rate
@@ -232,17 +227,17 @@ class Inception(BlockFeatures, nn.Module):
 
         self.conv1 = conv(in_chans, stem["conv1"], k1, s1, depth_multiplier=mult)
         # small_input keeps full resolution into conv2: a 28 px image cannot afford five halvings
-        self.pool1 = nn.Identity() if small_input else nn.MaxPool2d(3, 2, 1)
+        self.pool1 = nn.Identity() if small_input else make_pool("max", 2, pools)
         # LRN where GoogLeNet has it: after pool1 and after conv2 (§4.2.1 removes it with BN)
-        self.lrn1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75) if lrn else nn.Identity()
+        self.lrn1 = LocalResponseNorm(5, alpha=1e-4, beta=0.75) if lrn else nn.Identity()
         self.conv2 = nn.Sequential(
             OrderedDict(
                 reduce=conv(stem["conv1"], stem["conv2_reduce"], 1),
                 conv=conv(stem["conv2_reduce"], stem["conv2"], 3),
             )
         )
-        self.lrn2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75) if lrn else nn.Identity()
-        self.pool2 = nn.MaxPool2d(3, 2, 1)
+        self.lrn2 = LocalResponseNorm(5, alpha=1e-4, beta=0.75) if lrn else nn.Identity()
+        self.pool2 = make_pool("max", 2, pools)
 
         rows = list(TABLES[table].items())
         final_hw = None
@@ -260,7 +255,7 @@ class Inception(BlockFeatures, nn.Module):
             if i >= len(rows) - per_activation_bn:  # last hidden layers: per-activation BN (§4.2.3)
                 norm_pa = partial(PerActivationBN, hw=final_hw, eps=bn_eps, momentum=bn_momentum)
                 mconv = partial(ConvPerActBNAct, norm=norm_pa, act=ACTS[act])
-            module = InceptionModule(cin, row, mconv)
+            module = InceptionModule(cin, row, mconv, pools)
             setattr(self, f"inception_{name}", module)
             cin, reduction = module.out_chs, reduction * row.stride
             if i + 1 == len(rows) or rows[i + 1][1].stride == 2:
