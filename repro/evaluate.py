@@ -83,7 +83,7 @@ def read_config(run_dir: Path) -> Config:
     if not path.exists():
         raise ReproError(f"{run_dir} has no config.yaml: pass a run directory written by repro.train")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), yaml.safe_load(path.read_text()))
+        merged = OmegaConf.merge(OmegaConf.structured(Config), rundir.recorded_config(yaml.safe_load(path.read_text())))
         return OmegaConf.to_object(merged)
     except Exception as e:  # omegaconf raises several types for keys or values the schema rejects
         raise ReproError(f"{path} does not fit this version's config schema ({type(e).__name__}: "

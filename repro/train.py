@@ -28,7 +28,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from repro.config import CONF_DIR, Config, register_configs, to_config, validate
+from repro.config import CONF_DIR, Config, TrainConfig, register_configs, to_config, validate
 from repro.config.names import DATASETS
 from repro.data import loaders
 from repro.data.mnist import load_splits
@@ -243,7 +243,8 @@ def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, los
             losses[step % t_cfg.log_every] = loss.detach()
             done = step + 1
             # Most steps record nothing: no sync, no Python beyond the step itself.
-            if not (done % t_cfg.log_every and done % t_cfg.eval_every and done != t_cfg.steps):
+            if not (done % t_cfg.log_every and done % t_cfg.eval_every and done != t_cfg.steps
+                    and done not in record.dense_evals):
                 window = dist.all_reduce_sum(losses[: (done - 1) % t_cfg.log_every + 1].clone()).cpu() / dist.world_size()
                 if not torch.isfinite(window).all():  # the paper's "machine infinity" (§4.2.2, x5 without BN)
                     first_bad = int((~torch.isfinite(window)).nonzero()[0]) + 1
@@ -268,6 +269,14 @@ def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, los
 # Evaluate and record
 
 
+def dense_eval_steps(t: TrainConfig) -> frozenset[int]:
+    """The evaluations `train.eval_log` adds below the regular grid: that many log-spaced steps from
+    eval_every / 64 up to eval_every, rounded (so speed-ups far beyond the regular grid stay resolved)."""
+    if not t.eval_log:
+        return frozenset()
+    return frozenset(int(round(x)) for x in np.geomspace(t.eval_every / 64, t.eval_every, t.eval_log + 1)[:-1]) - {0}
+
+
 class Record:
     """What the loop writes as it goes: at log and eval steps a metrics record (the test set evaluated, the
     sigmoids probed), on the checkpoint schedule a checkpoint of every rank's state; rank 0 writes files."""
@@ -282,6 +291,7 @@ class Record:
         t_cfg = cfg.train
         self.shown = progress.Progress(run_dir.name, t_cfg.steps, start, cfg.logger.progress,
                                        cfg.logger.progress_every_s, run_log)
+        self.dense_evals = dense_eval_steps(t_cfg)
         self.t0 = time.perf_counter()
 
     def wall(self) -> float:
@@ -292,7 +302,7 @@ class Record:
         rec = {"step": step, "lr": lr_at(step, cfg.optim), "wall": round(self.wall(), 3)}
         if loss is not None:
             rec["loss"] = loss
-        if step % t_cfg.eval_every == 0 or step == t_cfg.steps:
+        if step % t_cfg.eval_every == 0 or step == t_cfg.steps or step in self.dense_evals:
             dist.average_buffers(net)  # one set of BN running statistics on every rank
             rec |= loaders.evaluate(net, self.data.eval_batches(), self.data.n_test)
         if self.probe is not None and (step % t_cfg.probe_every == 0 or step == t_cfg.steps):

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 
@@ -130,3 +131,15 @@ def test_wandb_offline_mirrors_the_metrics(smoke, tmp_path):
     assert list(offline[0].glob("*.wandb"))
     ckpt = rundir.load_checkpoint(rundir.Path(summary["run_dir"]))
     assert ckpt["wandb_id"] and ckpt["wandb_id"] in offline[0].name  # resumable wandb run id
+
+
+def test_dense_eval_steps_are_log_spaced_below_the_grid():
+    from repro.config import TrainConfig
+    from repro.train import dense_eval_steps
+
+    t = TrainConfig(steps=2400, batch_size=32, eval_every=240, eval_log=8)
+    steps = sorted(dense_eval_steps(t))
+    assert steps == [4, 6, 11, 18, 30, 50, 85, 143]  # 240/64 x (64 ** (1/8)) ** k, rounded
+    ratios = np.array(steps[1:]) / np.array(steps[:-1])
+    assert ratios.min() > 1.4 and ratios.max() < 1.9  # evenly spaced on a log axis, up to rounding
+    assert dense_eval_steps(TrainConfig(steps=2400, batch_size=32, eval_every=240)) == frozenset()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -60,6 +60,7 @@ class ModelConfig:
     lrn: bool | None = None
     conv1: str | None = None  # separable | plain
     table: str | None = None  # slim | caffe (the two readings of the appendix table)
+    pools: str | None = None  # port (as the table's reference port) | symmetric (before issue 20); Inception
     width: float | None = None
     small_input: bool | None = None
     init_scale: float | None = None
@@ -88,6 +89,7 @@ class TrainConfig:
     steps: int = MISSING
     batch_size: int = MISSING
     eval_every: int = 500
+    eval_log: int = 0  # also evaluate at this many log-spaced steps from eval_every/64 up to eval_every (dense early)
     probe_every: int = 500  # sigmoid-input percentiles (Figure 1b/1c); 0 disables
     probe_units: int = 8  # last-hidden-layer units recorded
     probe_batch: int = 1000  # fixed held-out images the probe sees
@@ -143,6 +145,9 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schema so `conf/config.yaml` validates against it."""
+    """Register the schema so `conf/config.yaml` validates against it, and the `div` resolver that lets a
+    recipe derive step counts from its length (`eval_every: ${div:${train.steps},10}`)."""
+    if not OmegaConf.has_resolver("div"):
+        OmegaConf.register_new_resolver("div", lambda a, b: int(a) // int(b))
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

@@ -31,8 +31,8 @@ class LocalResponseNorm(nn.LocalResponseNorm):
 
     Same formula and summation order as `nn.LocalResponseNorm` (equal outputs and gradients,
     tests/test_inception.py), but its channel window is an `avg_pool1d` over the channels-last
-    layout rather than an `avg_pool3d` over a padded 5-d copy: the baseline's evaluation on a CPU took
-    2.4 times as long with torch's (60% of it in LRN).
+    layout rather than an `avg_pool3d` over a padded 5-d copy: 1.6x faster forward and backward on the
+    cpu recipe's 48-channel 28 px map (one thread), where LRN is about half of the baseline's evaluation.
     """
 
     def forward(self, x):

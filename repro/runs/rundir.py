@@ -43,6 +43,12 @@ _NOT_IDENTITY = ("resume", "runs_dir", "logger")
 _NOT_IDENTITY_TRAIN = ("device", "threads")
 _NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differs between machines
 
+# Keys that joined the schema after runs were recorded, with the value those runs ran with. A recorded
+# config without such a key is read with that value (`recorded_config`), and the key stays out of the
+# identity at that value or at None (a switch the model does not take), so every run recorded before it
+# keeps its identity and its directory's name.
+LATER_KEYS = {("model", "pools"): "symmetric", ("train", "eval_log"): 0}
+
 CHECKPOINT_KEYS = ("model", "optimizer", "data", "rng", "step", "wall", "wandb_id")
 DATA_IDENTITY = ("dataset", "source", "n_train", "n_test", "image_shape", "checksum")
 LOCK = "lock.json"
@@ -63,13 +69,26 @@ def _with_defaults(d: dict, defaults: dict) -> dict:
             for k, v in defaults.items()} | {k: v for k, v in d.items() if k not in defaults}
 
 
+def recorded_config(d: dict) -> dict:
+    """A recorded config (a run's config.yaml) with the keys that joined the schema later set to what
+    its run ran with."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for (group, key), value in LATER_KEYS.items():
+        if isinstance(d.get(group), dict):
+            d[group].setdefault(key, value)
+    return d
+
+
 def identity_dict(d: dict, with_seed: bool = False) -> dict:
     """The keys of a resolved config (a dict, e.g. a run's config.yaml) that decide what it computes:
     not where its files are (the data's identity, its source, counts and checksum, is checked apart)."""
-    d = _with_defaults(d, dataclasses.asdict(Config()))
+    d = _with_defaults(recorded_config(d), dataclasses.asdict(Config()))
     d = {k: v for k, v in d.items() if k not in _NOT_IDENTITY and (with_seed or k != "seed")}
     d["train"] = {k: v for k, v in d["train"].items() if k not in _NOT_IDENTITY_TRAIN}
     d["data"] = {k: v for k, v in d["data"].items() if k not in _NOT_IDENTITY_DATA}
+    for (group, key), value in LATER_KEYS.items():
+        if d[group].get(key) in (value, None):
+            del d[group][key]
     return d
 
 
