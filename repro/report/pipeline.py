@@ -27,7 +27,8 @@ def build(figure: str, runs_dir: Path, scale: str, out_root: Path, claims_path: 
     module = importlib.import_module(f"repro.report.{figure}")
     sel = select_runs(runs_dir, module.EXPERIMENTS, scale, tuple(overrides), getattr(module, "SEEDS", None))
     out = Path(out_root) / figure / scale
-    rows, meta = module.collect(sel, out=out, scale=scale, **kwargs)
+    rows, meta = module.collect(sel, out=out, scale=scale, claims=claims_path, runs_dir=runs_dir,
+                                overrides=overrides, **kwargs)
     used = [r for rs in sel.runs.values() for r in rs]
     meta |= run_meta(sel, ledger_provenance(claims_path, used))
     meta |= {"figure": figure, "scale": scale, "runs_dir": str(runs_dir), "claims": str(claims_path),
