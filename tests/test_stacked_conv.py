@@ -21,7 +21,7 @@ from repro.stacked import conv, convrun
 from repro.stacked import members as mem
 from repro.stacked import mlp as stacked
 from repro.train import run
-from tests.conftest import DATA, ROOT, needs_mnist
+from tests.conftest import DATA, ROOT, killed_at_checkpoint_write, needs_mnist
 
 pytestmark = needs_mnist
 
@@ -143,48 +143,35 @@ CUT = [*SMOKE, "experiment=bn_x30", "seed=1,2", "train.steps=12", "train.log_eve
        "train.checkpoint_every=2", "resume=auto"]
 
 
-class _Killed(BaseException):
-    """A kill, as far as the files are concerned (the finally blocks still run: a SIGKILL's stale lock
-    is tested by the subprocess test)."""
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> list[dict]:
+    """The unbroken stack every kill test compares with."""
+    return stacked.run([*CUT, f"runs_dir={tmp_path_factory.mktemp('whole')}"])
 
 
 @pytest.mark.parametrize("at", [2, 4, 6, 8])
-def test_a_kill_inside_the_checkpoint_commit_resumes(tmp_path, monkeypatch, at):
+def test_a_kill_inside_the_checkpoint_commit_resumes(tmp_path, whole, at):
     """Killed at the at-th checkpoint file operation (per commit of 2 members: two ckpt.next.pt writes, then
     two renames over ckpt.pt): in the first commit's writes nothing is resumable and the stack starts anew;
     anywhere later it resumes at the last step every member holds, and ends with the unbroken stack's bits."""
-    whole = stacked.run([*CUT, f"runs_dir={tmp_path / 'whole'}"])
-    calls, replace = {"n": 0}, os.replace
-
-    def dying(src, dst):
-        if Path(dst).name in (mem.CKPT, mem.NEXT):
-            calls["n"] += 1
-            if calls["n"] == at:
-                raise _Killed
-        return replace(src, dst)
-
-    with monkeypatch.context() as mp:
-        mp.setattr(os, "replace", dying)
-        with pytest.raises(_Killed):
-            stacked.run([*CUT, f"runs_dir={tmp_path / 'cut'}"])
-    resumed = stacked.run([*CUT, f"runs_dir={tmp_path / 'cut'}"])
+    killed_at_checkpoint_write(at, lambda: stacked.run([*CUT, f"runs_dir={tmp_path}"]))
+    resumed = stacked.run([*CUT, f"runs_dir={tmp_path}"])
     assert [s["resumed_from"] for s in resumed] == [[] if at <= 2 else [2 if at <= 6 else 4]] * 2
     for s, w in zip(resumed, whole):
         _assert_twins(w["run_dir"], s["run_dir"], tol=0)
         assert not Path(s["run_dir"], mem.NEXT).exists()
 
 
-def test_a_killed_stack_resumes_bit_identically(tmp_path):
+def test_a_killed_stack_resumes_bit_identically(tmp_path, whole):
     """SIGKILL to `python -m repro.stacked` at random moments after its first commit (every 2 steps is a
-    commit of 2 checkpoints, so a kill may land inside one, or among the summaries), three times, then the
+    commit of 2 checkpoints, so a kill may land inside one, or among the summaries), twice, then the
     same command to the end: each rerun resumes (none starts over) and the members end with the bits of
     an unbroken stack."""
-    whole = stacked.run([*CUT, f"runs_dir={tmp_path / 'whole'}"])
     cut = tmp_path / "cut"
     cmd = [sys.executable, "-m", "repro.stacked", *CUT, f"runs_dir={cut}"]
     env = os.environ | {"PYTHONPATH": str(ROOT)}
     rng, kills = random.Random(), 0
-    for _ in range(3):
+    for _ in range(2):
         t0 = time.time()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None and not any(f.stat().st_mtime >= t0 for f in cut.glob("*/ckpt*.pt")):
