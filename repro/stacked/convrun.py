@@ -114,91 +114,127 @@ def _optimizer_state(m: mem.Member, buffers: dict[str, torch.Tensor], lr: float)
     return opt.state_dict()
 
 
-def _train(members: list[mem.Member], splits, device: torch.device, env: dict) -> list[dict]:
-    cfg, m_ = members[0].cfg, len(members)
-    t, d = cfg.train, cfg.data
-    start = mem.open_members(members, env)
-    streams = [loaders.InMemoryStream(splits.x_train, splits.y_train, t.batch_size, m.cfg.seed, d) for m in members]
-    gens = [torch.Generator() for _ in members]
-    for m, s, g in zip(members, streams, gens):
-        g.set_state(m.ckpt["rng"][0]["torch"] if m.ckpt else m.rng)
-        if m.ckpt:
-            s.load_state_dict(m.ckpt["data"])
-    drop = cfg.model.drop_rate or 0.0
-    stack = ConvStack([m.net for m in members], splits.x_train.to(device), splits.y_train.to(device), d,
-                      t.batch_size, [m.cfg.optim for m in members], drop, t.amp)
-    window = torch.zeros(t.log_every, m_, device=device)
-    for j, m in enumerate(members):
-        if m.ckpt:
-            stack.load_momentum(j, _momentum(m))
-            window[:, j] = m.ckpt["losses"][0].to(device)
-    step_fn = Stepper(stack, graph=device.type == "cuda")
-    x_test, y_test = splits.x_test.to(device), splits.y_test.to(device)
-    probes = [SigmoidProbe(m.net, x_test[: t.probe_batch], t.probe_units) if t.probe_every else None for m in members]
-    summaries, t0 = [], time.perf_counter()
+class _Run:
+    """One stack's training state besides the stack: its members, their batch streams and dropout
+    generators, the loss window, the test set; draws a step's inputs, records and checkpoints as
+    repro.train does (its evaluation and probe code, run on each member's own network)."""
 
-    dense = dense_eval_steps(t)
-
-    def observe(step: int, losses: torch.Tensor | None) -> None:
-        """Each running member's record as repro.train writes it (evaluated and probed by its code)."""
-        evaluate = step % t.eval_every == 0 or step == t.steps or step in dense
-        accs = []
+    def __init__(self, members: list[mem.Member], splits, device: torch.device):
+        self.members, cfg = members, members[0].cfg
+        self.t, self.drop = cfg.train, cfg.model.drop_rate or 0.0
+        t = self.t
+        self.streams = [loaders.InMemoryStream(splits.x_train, splits.y_train, t.batch_size, m.cfg.seed, cfg.data)
+                        for m in members]
+        self.gens = [torch.Generator() for _ in members]
+        for m, s, g in zip(members, self.streams, self.gens):
+            g.set_state(m.ckpt["rng"][0]["torch"] if m.ckpt else m.rng)
+            if m.ckpt:
+                s.load_state_dict(m.ckpt["data"])
+        self.stack = ConvStack([m.net for m in members], splits.x_train.to(device), splits.y_train.to(device),
+                               cfg.data, t.batch_size, [m.cfg.optim for m in members], self.drop, t.amp)
+        self.window = torch.zeros(t.log_every, len(members), device=device)  # per-step losses, read at log steps
         for j, m in enumerate(members):
+            if m.ckpt:
+                self.stack.load_momentum(j, _momentum(m))
+                self.window[:, j] = m.ckpt["losses"][0].to(device)
+        self.x_test, self.y_test = splits.x_test.to(device), splits.y_test.to(device)
+        self.probes = [SigmoidProbe(m.net, self.x_test[: t.probe_batch], t.probe_units) if t.probe_every else None
+                       for m in members]
+        self.dense = dense_eval_steps(t)
+        self.t0 = time.perf_counter()
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def fill(self, step: int) -> None:
+        """Step `step`'s batches, augmentation uniforms, dropout masks and rates into the stack's inputs."""
+        masks, drop = None, self.drop
+        if drop:  # F.dropout's noise, from each member's generator
+            shape = (self.t.batch_size, self.stack.features)
+            masks = [torch.empty(shape, dtype=self.stack.x.dtype).bernoulli_(1 - drop, generator=g).div_(1 - drop)
+                     for g in self.gens]
+        self.stack.inputs.fill([s.draw(CPU) for s in self.streams], masks,
+                               [lr_at(step, m.cfg.optim) if m.status == "running" else 0.0 for m in self.members])
+
+    def records_at(self, done: int) -> bool:
+        t = self.t
+        return not (done % t.log_every and done % t.eval_every and done != t.steps and done not in self.dense)
+
+    def record(self, done: int) -> list[dict]:
+        """At a log or eval step: stop the members whose losses in the window so far hold a NaN/inf
+        (§4.2.2's "machine infinity", as repro.train), record the others; the stopped ones' summaries."""
+        w = self.window[: (done - 1) % self.t.log_every + 1].cpu()
+        summaries = []
+        for j, m in enumerate(self.members):
+            bad = ~torch.isfinite(w[:, j])
+            if m.status == "running" and bad.any():
+                m.status, m.diverged_at = "diverged", done - len(w) + int(bad.nonzero()[0]) + 1
+                summaries.append(m.finish(m.diverged_at, self.wall()))
+                self.stack.silence(j)
+        self.observe(done, w.mean(0))
+        return summaries
+
+    def observe(self, step: int, losses: torch.Tensor | None) -> None:
+        """Each running member's metrics record as repro.train writes it."""
+        t, stack = self.t, self.stack
+        evaluate = step % t.eval_every == 0 or step == t.steps or step in self.dense
+        accs = []
+        for j, m in enumerate(self.members):
             if m.status != "running":
                 continue
-            rec = {"step": step, "lr": lr_at(step, m.cfg.optim), "wall": round(m.wall0 + time.perf_counter() - t0, 3)}
+            rec = {"step": step, "lr": lr_at(step, m.cfg.optim), "wall": round(m.wall0 + self.wall(), 3)}
             if losses is not None:
                 rec["loss"] = float(losses[j])
-            probe = probes[j] is not None and (step % t.probe_every == 0 or step == t.steps)
+            probe = self.probes[j] is not None and (step % t.probe_every == 0 or step == t.steps)
             if evaluate or probe:
                 m.net.load_state_dict(stack.member_state(j))
             if evaluate:
-                rec |= loaders.evaluate(m.net, loaders.tensor_eval_batches(x_test, y_test, t.eval_batch_size),
-                                        len(y_test))
+                batches = loaders.tensor_eval_batches(self.x_test, self.y_test, t.eval_batch_size)
+                rec |= loaders.evaluate(m.net, batches, len(self.y_test))
                 accs.append(f"{rec['test_acc']:.4f}")
-            if probe and (p := probes[j](m.net)) is not None:
+            if probe and (p := self.probes[j](m.net)) is not None:
                 rec["probe"] = p
             m.log.log(rec)
         if accs:
             log.info("step %d/%d: test accuracy %s", step, t.steps, " ".join(accs))
 
-    def checkpoint(step: int) -> None:
-        wall = time.perf_counter() - t0
-        mem.commit(members, lambda j: {
-            "model": stack.member_state(j),
-            "optimizer": _optimizer_state(members[j], stack.momentum_state(j), lr_at(max(step - 1, 0), members[j].cfg.optim)),
-            "data": streams[j].state_dict(), "rng": [_rng(members[j], gens[j])], "step": step,
-            "wall": members[j].wall0 + wall, "wandb_id": members[j].wandb_id, "losses": [window[:, j].clone().cpu()],
-            "identity": rundir.run_identity(members[j].cfg), "data_identity": members[j].describe,
-            "resumes": members[j].resumes})
+    def checkpoint(self, step: int) -> None:
+        """Every running member's checkpoint, with the keys repro.train's hold, committed as one."""
+        stack, wall = self.stack, self.wall()
 
+        def state(j: int) -> dict:
+            m = self.members[j]
+            return {"model": stack.member_state(j),
+                    "optimizer": _optimizer_state(m, stack.momentum_state(j), lr_at(max(step - 1, 0), m.cfg.optim)),
+                    "data": self.streams[j].state_dict(), "rng": [_rng(m, self.gens[j])], "step": step,
+                    "wall": m.wall0 + wall, "wandb_id": m.wandb_id, "losses": [self.window[:, j].clone().cpu()],
+                    "identity": rundir.run_identity(m.cfg), "data_identity": m.describe, "resumes": m.resumes}
+
+        mem.commit(self.members, state)
+
+
+def _train(members: list[mem.Member], splits, device: torch.device, env: dict) -> list[dict]:
+    """repro.train's loop for a stack: steps from the last commit (or 0), recording at log and eval
+    steps, committing checkpoints on the schedule and at the end."""
+    t = members[0].cfg.train
+    start = mem.open_members(members, env)
+    run, summaries = _Run(members, splits, device), []
+    step_fn = Stepper(run.stack, graph=device.type == "cuda")
     if start == 0:
-        observe(0, None)
+        run.observe(0, None)
     for step in range(start, t.steps):
-        masks = None
-        if drop:
-            masks = [torch.empty(t.batch_size, stack.features, dtype=stack.x.dtype).bernoulli_(1 - drop, generator=g)
-                     .div_(1 - drop) for g in gens]  # F.dropout's noise, from the member's generator
-        stack.inputs.fill([s.draw(CPU) for s in streams], masks,
-                          [lr_at(step, m.cfg.optim) if m.status == "running" else 0.0 for m in members])
-        window[step % t.log_every].copy_(step_fn())
+        run.fill(step)
+        run.window[step % t.log_every].copy_(step_fn())
         done = step + 1
-        if not (done % t.log_every and done % t.eval_every and done != t.steps and done not in dense):
-            w = window[: (done - 1) % t.log_every + 1].cpu()
-            for j, m in enumerate(members):
-                bad = ~torch.isfinite(w[:, j])
-                if m.status == "running" and bad.any():  # §4.2.2's "machine infinity": as repro.train
-                    m.status, m.diverged_at = "diverged", done - len(w) + int(bad.nonzero()[0]) + 1
-                    summaries.append(m.finish(m.diverged_at, time.perf_counter() - t0))
-                    stack.silence(j)
-            observe(done, w.mean(0))
+        if run.records_at(done):
+            summaries += run.record(done)
         if not any(m.status == "running" for m in members):
             break  # every member diverged
         if t.checkpoint_every and done % t.checkpoint_every == 0 and done != t.steps:
-            checkpoint(done)
-    checkpoint(t.steps)
+            run.checkpoint(done)
+    run.checkpoint(t.steps)
     for m in members:
         if m.status == "running":
             m.status = "complete"
-            summaries.append(m.finish(t.steps, time.perf_counter() - t0))
+            summaries.append(m.finish(t.steps, run.wall()))
     return summaries

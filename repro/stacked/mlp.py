@@ -12,7 +12,9 @@ x (B, 784) @ W1 (784, members x 100); the other layers are batched matmuls. Forw
 written out (sigmoid, BN, cross-entropy), and plain SGD updates each weight inside the GEMM that
 computes its gradient (W -= (lr x_in)^T dz), so no gradient tensor of the 784-wide layer is ever stored.
 The baseline and BN nets share one set of tensors: a baseline layer is a BN layer with its statistics
-switched off (s = 0: no centring, no scaling, γ fixed at 1, β its bias).
+switched off (s = 0: no centring, no scaling, γ fixed at 1, β its bias). Members' run directories and
+checkpoint commits are repro.stacked.members'; overrides naming Figures 2-3's networks go to
+repro.stacked.convrun (one convolutional stack).
 """
 
 from __future__ import annotations
