@@ -21,7 +21,7 @@ from repro.stacked import conv, convrun
 from repro.stacked import members as mem
 from repro.stacked import mlp as stacked
 from repro.train import run
-from tests.conftest import DATA, ROOT, killed_at_checkpoint_write, needs_mnist
+from tests.conftest import DATA, ROOT, killed_at_checkpoint_write, needs_mnist, run_killed_after
 
 pytestmark = needs_mnist
 
@@ -160,6 +160,19 @@ def test_a_kill_inside_the_checkpoint_commit_resumes(tmp_path, whole, at):
     for s, w in zip(resumed, whole):
         _assert_twins(w["run_dir"], s["run_dir"], tol=0)
         assert not Path(s["run_dir"], mem.NEXT).exists()
+
+
+def test_either_runner_resumes_the_others_checkpoint(tmp_path):
+    """A member killed inside the stack's second commit is resumed by repro.train from the step-2 checkpoint
+    the stack wrote; a single run killed after step 4 is resumed by a stack (of that one member)."""
+    killed_at_checkpoint_write(5, lambda: stacked.run([*CUT, f"runs_dir={tmp_path}"]))
+    one = [o for o in CUT if not o.startswith("seed=")] + [f"runs_dir={tmp_path}"]
+    single = run(compose([*one, "seed=1"]))
+    assert single["status"] == "complete" and single["resumed_from"] == [2] and "stacked" not in single
+    run_killed_after(compose([*one, "seed=3"]), 5)
+    (stacked_member,) = stacked.run([*one, "seed=3"])
+    assert stacked_member["status"] == "complete" and stacked_member["resumed_from"] == [4]
+    assert [r["step"] for r in _metrics(stacked_member["run_dir"])] == [0, 2, 4, 6, 8, 10, 12]
 
 
 def test_a_killed_stack_resumes_bit_identically(tmp_path, whole):
