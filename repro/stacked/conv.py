@@ -17,7 +17,7 @@ holding the state repro.train's global generator has after building the network 
 F.dropout draws them (bernoulli(1 - p) / (1 - p)). `Inputs.fill` sends one step's draws and rates to the
 device with one copy per dtype, outside the graph. So a member computes its single run up to rounding:
 tests/test_stacked_conv.py holds members of BN-x30 and of Inception (dropout, LRN) to their repro.train
-runs within 1e-10 in float64, over 200 and 40 steps. Rounding is all that separates them, but these
+runs within 1e-10 in float64, over 200 and 20 steps. Rounding is all that separates them, but these
 small networks amplify it: in float32 a near-tie in a max pool soon sends a gradient elsewhere, and at
 BN-x30's own rate on the smoke network even a float64 difference grows tenfold a step; a run on a CPU
 and the same run on a GPU part the same way, so on a GPU a member is its single run's statistical twin
