@@ -81,3 +81,27 @@ def run_killed_after(cfg: Config, batches: int) -> None:
             mp.setattr(stream, "next", dying(stream.next))
         with pytest.raises(KeyboardInterrupt):
             run(cfg)
+
+
+class Killed(BaseException):
+    """A kill, as far as the files are concerned (finally blocks still run; a real SIGKILL is tested apart)."""
+
+
+def killed_at_checkpoint_write(at: int, run) -> None:
+    """Call `run()` and kill it at its `at`-th rename onto a checkpoint file (ckpt.pt or a stack's
+    ckpt.next.pt), before the rename happens."""
+    from repro.stacked.members import CKPT, NEXT
+
+    calls, replace = {"n": 0}, os.replace
+
+    def dying(src, dst):
+        if Path(dst).name in (CKPT, NEXT):
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise Killed
+        return replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "replace", dying)
+        with pytest.raises(Killed):
+            run()

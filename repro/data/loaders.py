@@ -17,6 +17,7 @@ import hashlib
 import logging
 import multiprocessing
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,13 +41,20 @@ def uniform(gen: torch.Generator, shape: tuple[int, ...], device: torch.device) 
     return torch.rand(shape, generator=gen, pin_memory=pin).to(device, non_blocking=pin)
 
 
-def random_crop_flip(x: torch.Tensor, translate: int, zoom: float, hflip: bool,
-                     gen: torch.Generator) -> torch.Tensor:
-    """Inception-style crops for small images, per image in one batched call: a square crop of
-    1/z of the side (z uniform in [1, zoom]) anywhere inside the image shifted by up to `translate`
-    px, resized back to the full size, and mirrored with probability 1/2 if `hflip`."""
+class Draw(NamedTuple):
+    """One training batch's random numbers: which images, and the uniforms its augmentation turns into
+    crops, mirrors and jitter (None where the recipe has no such augmentation)."""
+
+    idx: torch.Tensor  # (B,) indices into the training tensors
+    crop: torch.Tensor | None  # (4, B): crop size, centre x, centre y, mirror (data.augment)
+    photo: torch.Tensor | None  # (2, B, 1, 1, 1): brightness, contrast (data.distort)
+
+
+def crop_flip(x: torch.Tensor, r: torch.Tensor, translate: int, zoom: float, hflip: bool) -> torch.Tensor:
+    """Inception-style crops for small images, per image in one batched call, from uniforms r (4, N): a
+    square crop of 1/z of the side (z uniform in [1, zoom]) anywhere inside the image shifted by up to
+    `translate` px, resized back to the full size, and mirrored with probability 1/2 if `hflip`."""
     n, w = x.shape[0], x.shape[-1]
-    r = uniform(gen, (4, n), x.device)
     side = 1 / (1 + r[0] * (zoom - 1))  # crop side, as a fraction of the image
     room = 1 - side + 2 * translate / w  # how far the crop centre may move, in [-1, 1] coordinates
     flip = torch.where(r[3] < 0.5, -1.0, 1.0) if hflip else torch.ones_like(side)
@@ -57,11 +65,23 @@ def random_crop_flip(x: torch.Tensor, translate: int, zoom: float, hflip: bool,
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def photometric(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Brightness and contrast jitter of relative `strength` per image (§4.2.1 change 7 lowers it)."""
-    u = (uniform(gen, (2, x.shape[0], 1, 1, 1), x.device) * 2 - 1) * strength
+def jitter(x: torch.Tensor, u: torch.Tensor, strength: float) -> torch.Tensor:
+    """Brightness and contrast jitter of relative `strength` per image, from uniforms u (2, N, 1, 1, 1)
+    (§4.2.1 change 7 lowers the strength)."""
+    u = (u * 2 - 1) * strength
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return ((x - mean) * (1 + u[1]) + mean + u[0]).clamp(0, 1)
+
+
+def augment(x: torch.Tensor, crop: torch.Tensor | None, photo: torch.Tensor | None, cfg: DataConfig) -> torch.Tensor:
+    """The training pipeline's augmentation of images x (N, C, H, W) from their drawn uniforms (`Draw`):
+    a pure tensor function, the same per image whatever else is in the batch (repro.stacked.conv augments
+    every member's batch in one call)."""
+    if cfg.augment:
+        x = crop_flip(x, crop, cfg.translate, cfg.zoom, cfg.hflip)
+    if cfg.distort:
+        x = jitter(x, photo, cfg.distort)
+    return x
 
 
 class InMemoryStream:
@@ -92,18 +112,22 @@ class InMemoryStream:
             order = self._batches[torch.randperm(len(self._batches), generator=self.gen)]
         return order.to(self.x.device)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw(self, device: torch.device | None = None) -> Draw:
+        """The next batch's indices and augmentation uniforms, on `device` (default: the images'); the
+        stream moves on as `next` moves it."""
         if self.pos == len(self.order):
             self.order, self.pos = self._new_order(), 0
-        r = dist.rank()
-        idx = self.order[self.pos, r * self.local:(r + 1) * self.local]
+        r, c, n = dist.rank(), self.cfg, self.local
+        idx = self.order[self.pos, r * n:(r + 1) * n]
         self.pos += 1
-        x, c = self.x[idx], self.cfg
-        if c.augment:
-            x = random_crop_flip(x, c.translate, c.zoom, c.hflip, self.aug_gen)
-        if c.distort:
-            x = photometric(x, c.distort, self.aug_gen)
-        return x, self.y[idx]
+        device = self.x.device if device is None else device
+        crop = uniform(self.aug_gen, (4, n), device) if c.augment else None
+        photo = uniform(self.aug_gen, (2, n, 1, 1, 1), device) if c.distort else None
+        return Draw(idx.to(device), crop, photo)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.draw()
+        return augment(self.x[d.idx], d.crop, d.photo, self.cfg), self.y[d.idx]
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "aug_gen": self.aug_gen.get_state(), "order": self.order,

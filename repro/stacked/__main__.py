@@ -1,4 +1,5 @@
-"""`python -m repro.stacked ...` (and `--map LEDGER`): the entry point; the code lives in repro.stacked.mlp."""
+"""`python -m repro.stacked ...` (and `--map LEDGER`): the entry point; the code lives in repro.stacked.mlp,
+which hands Figures 2-3's networks to repro.stacked.convrun."""
 
 import sys
 

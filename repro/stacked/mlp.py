@@ -12,13 +12,14 @@ x (B, 784) @ W1 (784, members x 100); the other layers are batched matmuls. Forw
 written out (sigmoid, BN, cross-entropy), and plain SGD updates each weight inside the GEMM that
 computes its gradient (W -= (lr x_in)^T dz), so no gradient tensor of the 784-wide layer is ever stored.
 The baseline and BN nets share one set of tensors: a baseline layer is a BN layer with its statistics
-switched off (s = 0: no centring, no scaling, γ fixed at 1, β its bias).
+switched off (s = 0: no centring, no scaling, γ fixed at 1, β its bias). Members' run directories and
+checkpoint commits are repro.stacked.members'; overrides naming Figures 2-3's networks go to
+repro.stacked.convrun (one convolutional stack).
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import sys
 import time
@@ -31,11 +32,11 @@ from repro.config import Config, compose
 from repro.data import loaders
 from repro.data.mnist import load_splits
 from repro.errors import ReproError
-from repro.models import build_model
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, peak_lr
-from repro.runs import files, rundir, wandb_mirror
-from repro.stacked import mapgrid
+from repro.runs import rundir
+from repro.stacked import convrun, mapgrid
+from repro.stacked.members import Member, commit, open_members
 
 log = logging.getLogger("repro.stacked")
 EPS, MOMENTUM = 1e-5, 0.1  # nn.BatchNorm1d defaults, as repro.models.mlp uses them
@@ -199,65 +200,15 @@ class Stack:
             t.zero_()
 
 
-# ----------------------------------------------------------------------------------------------
-# Members: one run directory each, written as repro.train writes it
-
-
-class Member:
-    """One grid cell's run: its config, run directory, metrics log and loss window."""
-
-    def __init__(self, cfg: Config, describe: dict, device: torch.device):
-        self.cfg, self.describe, self.status, self.diverged_at = cfg, describe, "running", None
-        self.run_dir = rundir.find_resumable(cfg)
-        self.finished = bool(self.run_dir and (self.run_dir / "summary.json").exists())
-        torch.manual_seed(cfg.seed)  # as repro.train: the same seed gives the same initial weights
-        self.net = build_model(cfg.model, 1, 10, 28).to(device)
-        self.ckpt = None if self.run_dir is None or self.finished else rundir.load_checkpoint(self.run_dir)
-        self.lock = self.log = self.wandb_id = None
-
-    def start(self, env: dict) -> None:
-        if self.ckpt is not None:
-            rundir.check_checkpoint(self.ckpt, self.run_dir / "ckpt.pt", self.cfg, self.describe)
-            self.net.load_state_dict(self.ckpt["model"])
-        if self.run_dir is None:
-            self.run_dir = rundir.new_run_dir(self.cfg)
-        self.lock = rundir.hold(self.run_dir)
-        rundir.write_run_header(self.run_dir, self.cfg, env | {"data": self.describe, "run_dir": str(self.run_dir)})
-        ck = self.ckpt
-        self.wandb_id = (ck["wandb_id"] if ck else None) or wandb_mirror.new_id()  # one wandb run per run directory
-        self.log = files.MetricsLog(self.run_dir, ck["step"] if ck else None,
-                                    wandb_mirror.start(self.run_dir, self.cfg, self.wandb_id))
-        self.wall0, self.resumes = (ck["wall"], ck.get("resumes", []) + [ck["step"]]) if ck else (0.0, [])
-
-    def finish(self, steps: int, wall: float) -> dict:
-        history = files.read_jsonl(self.log.path)
-        accs = [r["test_acc"] for r in history if "test_acc" in r]
-        cfg, done = self.cfg, self.status == "complete"
-        summary = {
-            "experiment": cfg.experiment, "scale": cfg.scale.name, "seed": cfg.seed, "run_dir": str(self.run_dir),
-            "status": self.status, "diverged_at": self.diverged_at, "steps": self.diverged_at or steps,
-            "final_test_acc": accs[-1] if accs and done else None, "best_test_acc": max(accs) if accs else None,
-            "lr_base": cfg.optim.lr, "lr_peak": peak_lr(cfg.optim), "world_size": 1,
-            "global_batch": cfg.train.batch_size, "wall_s": round(self.wall0 + wall, 2), "data": self.describe,
-            "resumed_from": self.resumes, "wandb_id": self.wandb_id, "stacked": True,
-        }
-        files.write_json(self.run_dir / "summary.json", summary)
-        self.log.close(summary)
-        rundir.release(self.lock)
-        return summary
-
-
 def _checkpoint(stack: Stack, members: list[Member], stream, step: int, wall: float, window: torch.Tensor) -> None:
+    """Every running member's checkpoint, committed as one (repro.stacked.members)."""
     rng = [rundir.rng_state()]
-    for j, mb in enumerate(members):
-        if mb.status != "running":
-            continue
-        optimizer = build_optimizer(mb.net, mb.cfg.optim)  # plain SGD keeps no state: only its settings
-        rundir.save_checkpoint(mb.run_dir, {
-            "model": stack.state_dict(j, mb.cfg.model.norm), "optimizer": optimizer.state_dict(),
-            "data": stream.state_dict(), "rng": rng, "step": step, "wall": mb.wall0 + wall,
-            "wandb_id": mb.wandb_id, "losses": [window[:, j].clone()], "identity": rundir.run_identity(mb.cfg),
-            "data_identity": mb.describe, "resumes": mb.resumes})
+    commit(members, lambda j: {
+        "model": stack.state_dict(j, members[j].cfg.model.norm),
+        "optimizer": build_optimizer(members[j].net, members[j].cfg.optim).state_dict(),  # plain SGD: settings only
+        "data": stream.state_dict(), "rng": rng, "step": step, "wall": members[j].wall0 + wall,
+        "wandb_id": members[j].wandb_id, "losses": [window[:, j].clone()], "identity": rundir.run_identity(members[j].cfg),
+        "data_identity": members[j].describe, "resumes": members[j].resumes})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,12 +217,7 @@ def _checkpoint(stack: Stack, members: list[Member], stream, step: int, wall: fl
 
 def _stack_of(seed: int, members: list[Member], splits, t, env: dict) -> dict:
     """Start one seed's members (their run directories, resumed or new) and stack their networks."""
-    steps_at = {m.ckpt["step"] if m.ckpt else 0 for m in members}
-    if len(steps_at) > 1:
-        raise ReproError(f"seed {seed}: the members' checkpoints hold different steps {sorted(steps_at)}, but a "
-                         f"stack moves in lockstep: pass resume=never to start them over")
-    for m in members:
-        m.start(env)
+    start = open_members(members, env)  # a commit a kill interrupted is settled here
     stream = loaders.InMemoryStream(splits.x_train, splits.y_train, t.batch_size, seed, members[0].cfg.data)
     window = torch.zeros(t.log_every, len(members))
     if members[0].ckpt:
@@ -281,12 +227,14 @@ def _stack_of(seed: int, members: list[Member], splits, t, env: dict) -> dict:
                   [peak_lr(m.cfg.optim) for m in members])
     if t.compile:
         stack.compile()
-    return {"stack": stack, "members": members, "stream": stream, "start": steps_at.pop(), "window": window}
+    return {"stack": stack, "members": members, "stream": stream, "start": start, "window": window}
 
 
 def run(overrides: list[str]) -> list[dict]:
     """Train every member the overrides' product names, one stack per seed; return their summaries."""
     cfgs = [compose(o) for o in expand(overrides)]
+    if any(c.model.name != "mnist_mlp" for c in cfgs):  # Figures 2-3's networks: one convolutional stack
+        return convrun.run(cfgs)
     for c in cfgs:
         _check_member(c)
     t = cfgs[0].train
@@ -300,9 +248,9 @@ def run(overrides: list[str]) -> list[dict]:
     env = rundir.environment(torch.device("cpu")) | {"stacked": {"members": len(cfgs), "argv": sys.argv}}
     summaries, by_seed = [], {}
     for c in cfgs:
-        m = Member(c, describe, torch.device("cpu"))
+        m = Member(c, describe, (1, 10, 28), torch.device("cpu"))
         if m.finished:
-            summaries.append(json.loads((m.run_dir / "summary.json").read_text()))
+            summaries.append(m.summary())
         else:
             by_seed.setdefault(c.seed, []).append(m)
     try:
@@ -312,9 +260,7 @@ def run(overrides: list[str]) -> list[dict]:
     finally:  # an error or Ctrl-C leaves no lock behind (and no wandb run open); checkpoints are the resume points
         for ms in by_seed.values():
             for m in ms:
-                if m.log is not None:
-                    m.log.close(failed=True)  # a no-op for a member that finished
-                rundir.release(m.lock)
+                m.close()
     return summaries
 
 
