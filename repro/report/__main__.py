@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
             problems = verify(args.out)
             for p in problems:
                 print(f"differs: {p}")
-            print(f"verify: {len(problems)} number(s) differ" if problems else "verify: every committed report rebuilds exactly")
+            print(f"verify: {len(problems)} difference(s)" if problems else
+                  "verify: every committed report, figure's plotted data, rule.md, GPU report and README result rebuilds exactly")
             return 1 if problems else 0
         if args.figure == "fig1-map":
             from repro.report import fig1_map
