@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--claims", type=Path, default=None, help="claims ledger (default results/<fig>/claims.yaml)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="fig4: evaluate the first N test images (default: 2,000 at smoke/cpu scale, all above)")
+                        help="fig4: evaluate the first N test images (default: all; 2,000 at smoke scale)")
     parser.add_argument("--from-evaluations", type=Path, default=None, metavar="JSON",
                         help="fig4: build from a committed evaluations.json when the runs are not on this machine")
     parser.add_argument("--steps", type=int, default=None,

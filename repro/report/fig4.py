@@ -188,9 +188,9 @@ UNPAIRED_NOTE = ("One network per row and one seed, so the two error-drop claims
                  "cannot be applied to them: they are judged by its previous revision's intervals, as it says.")
 
 
-# Test images evaluated when --limit is not given: CPU-scale runs evaluate the first 2,000 (144 views
-# of 7 networks on all 5,000 would take most of an hour on 2 cores); gpu and paper scale use them all.
-DEFAULT_LIMIT = {"smoke": 2000, "cpu": 2000}
+# Test images evaluated when --limit is not given: every one (the ledger since issue 22: the committed cpu
+# report's first 2,000 could not separate its differences); smoke-scale tests keep the first 2,000.
+DEFAULT_LIMIT = {"smoke": 2000}
 
 
 def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:

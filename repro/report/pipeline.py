@@ -101,9 +101,10 @@ def compare(committed: str, rebuilt: str) -> list[str]:
             va, vb = VERDICT.findall(old)[:1], VERDICT.findall(new)[:1]  # the verdict cell comes first in a row
             if va != vb:
                 problems.append(f"{where}: verdict {''.join(va) or '(none)'} → {''.join(vb) or '(none)'}")
-            elif len(na) != len(nb) or not diffs:
+            if len(na) == len(nb) and diffs:  # the same numbers in the same places: name each that differs
+                problems += [f"{where}: committed {x}, rebuilt {y}" for x, y in diffs]
+            elif va == vb or len(na) != len(nb):  # text added, removed or reworded: the words that changed
                 problems.append(f"{where}: {changed_words(old, new)}")
-            problems += [f"{where}: committed {x}, rebuilt {y}" for x, y in diffs]
     return problems
 
 

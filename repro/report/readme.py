@@ -2,8 +2,7 @@
 docs/ that it links) must appear in a committed report, to the precision the README prints it.
 
 A README number matches a report number when the report's, rounded to the README's decimals, equals it,
-read as is, or by the unit printed after it: a percentage or points as a fraction (97.46% for 0.9746),
-minutes or hours as seconds (4.8 min for 288 s). Section, figure, algorithm, table and issue numbers are citations,
+read as is, or by the unit printed after it: a percentage or points as a fraction (97.46% for 0.9746). Section, figure, algorithm, table and issue numbers are citations,
 not results, and are skipped.
 """
 
@@ -50,31 +49,37 @@ def numbers(text: str) -> list[tuple[str, int, str]]:
         if CITATION.search(text[max(0, m.start() - 12):m.start()]):
             continue
         s = m.group().replace(",", "")
-        unit = re.match(r"\s*(%|min|point|h\b|pp)?", text[m.end():]).group(1) or ""
+        # the unit after it, also across a range or an interval: "6.4 - 12.9 points", "[1.2, 17.5] points"
+        unit = re.match(r"(?:\s*[-,]\s*-?[\d.,]+)*\]?\s*(%|point|pp|min\b)?", text[m.end():]).group(1) or ""
         found.append((m.group(), len(s.split(".")[1]) if "." in s else 0, unit))
     return found
 
 
-def corpus_values(results_root: Path) -> set[float]:
-    """Every number printed in a committed report, rule, benchmark output or GPU report under results/."""
-    values: set[float] = set()
+def corpus_values(results_root: Path) -> dict[str, set[float]]:
+    """Every number printed in a committed report, rule, benchmark output or GPU report under results/
+    (key ""), and apart those printed as minutes (key "min")."""
+    values: dict[str, set[float]] = {"": set(), "min": set()}
     files = [p for p in Path(results_root).rglob("*") if p.suffix in (".md", ".txt") and p.is_file()]
     for p in files:
-        for m in re.finditer(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?", p.read_text().replace("−", "-")):
+        for m in re.finditer(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?(\s*min\b)?", p.read_text().replace("−", "-")):
             try:
-                values.add(float(m.group().replace(",", "")))
+                x = float(m.group().removesuffix(m.group(1) or "").replace(",", ""))
             except ValueError:
                 continue
+            values[""].add(x)
+            if m.group(1):
+                values["min"].add(x)
     return values
 
 
-def matches(printed: str, decimals: int, unit: str, values: set[float]) -> bool:
-    """Whether a report prints `printed` (to its decimals): as is, a percentage or points as a fraction
-    (97.46% for 0.9746), minutes as seconds, hours as seconds."""
+def matches(printed: str, decimals: int, unit: str, values: dict[str, set[float]]) -> bool:
+    """Whether a report prints `printed` (to its decimals): as is, or a percentage or points as a fraction
+    (97.46% for 0.9746); a duration in minutes only where a report prints minutes."""
     x = float(printed.replace(",", ""))
-    scale = {"%": 0.01, "point": 0.01, "pp": 0.01, "min": 60.0, "h": 3600.0}.get(unit)
+    scale = {"%": 0.01, "point": 0.01, "pp": 0.01}.get(unit)
     tol = 0.5 * 10 ** -decimals * (1 + 1e-9)
-    return any(abs(v - x) <= tol or (scale and abs(v - x * scale) <= tol * scale) for v in values)
+    pool = values["min"] if unit == "min" else values[""]
+    return any(abs(v - x) <= tol or (scale and abs(v - x * scale) <= tol * scale) for v in pool)
 
 
 def verify_readme(root: Path, results_root: Path) -> list[str]:
