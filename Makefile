@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # Variables: `make TARGET VAR=value`; `make help` lists the lines starting with `#>`.
 #> SCALE  smoke | cpu | cpu_long | gpu | paper: the recipe size (default cpu; cpu_long: Figures 2-4 only)
 SCALE ?= cpu
-#> SEEDS  seeds to train, comma-separated (default 1,2,3)
+#> SEEDS  seeds to train, comma-separated (default 1,2,3; Figure 1: its ledger's, 1-10)
 SEEDS ?= 1,2,3
 #> JOBS   runs trained side by side, one core each (default 2)
 JOBS ?= 2
@@ -75,7 +75,7 @@ report-fig4: install ## Rebuild the Figure 4 report (multi-crop, ensemble, popul
 	$(PY) -m repro.report fig4 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
 MAP := results/fig1/map/claims.yaml
-fig1-map: install data ## Figure 1 beyond the paper: both nets x 6 rates x 3 inits x 3 seeds, 50k steps, stacked (~40 min on 2 cores), then results/fig1/map/
+fig1-map: install data ## Figure 1 beyond the paper: both nets x 6 rates x 3 inits x 3 seeds, 50k steps, stacked (39 min on 2 cores), then results/fig1/map/
 	$(PY) -m repro.stacked --map $(MAP) runs_dir=$(RUNS)/fig1_map
 	$(PY) -m repro.report fig1-map --runs-dir $(RUNS)/fig1_map --out $(OUT)
 
@@ -85,7 +85,7 @@ report-fig1-map: install ## Rebuild the map's report from recorded runs
 test: install data ## Run the test suite (CPU, ~12 min on 2 cores)
 	$(PY) -m pytest -q
 
-verify: install ## Rebuild every committed report from results/ alone; exit 1 naming each number that differs
+verify: install ## Rebuild every committed report, its figures' plotted data, rule.md and the GPU reports from results/ alone, and find every README result number in them; exit 1 naming each difference
 	$(PY) -m repro.report verify
 
 bench: install data ## Speed: the Figure 1 map and job vs bare torch loops (~40 min); the runner vs bare; our Inception vs timm per MAC

@@ -280,7 +280,7 @@ before the runs; ledger commit `{(meta['ledger']['ledger_commit'] or 'uncommitte
 | steps | {scope} Batch 60, plain SGD at a constant rate, the Figure 1 network with and without BN |
 | evaluation | whole test set every {ledger['grid']['eval_every']} steps; steps to {ledger['target']:.0%} interpolated between evaluations |
 | pairing | the members of one seed share their batch order and, per net, their initial weights' seed: each BN − baseline difference is paired by seed |
-| hardware | {meta['env']['device']} ({meta['env']['device_name'] or 'cpu'}), torch {meta['env']['torch']}; trained by `repro.stacked` (one process per net, every member of a seed stacked); {max((r['wall_s'] or 0) for r in meta['runs']) / 60:.0f} min wall time for the longest process (each run's in `meta.json`) |
+| hardware | {meta['env']['device']} ({meta['env']['device_name'] or 'cpu'}), torch {meta['env']['torch']}; trained by `repro.stacked` (one process per net, every member of a seed stacked); {max((r.get('wall_s') or 0) for r in meta['runs']) / 60:.0f} min wall time for the longest process (each run's in `meta.json`) |
 
 Runs: {n_runs} used; missing: {meta['missing_seeds'] or 'none'}; excluded: {len(meta['excluded'])}; diverged: {', '.join(div) or 'none'}.
 
