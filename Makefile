@@ -19,7 +19,7 @@ OUT ?= $(RUNS)/results
 PARALLEL := hydra/launcher=joblib hydra.launcher.n_jobs=$(JOBS) train.threads=1
 
 .DEFAULT_GOAL := help
-.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 reproduce-fig4 fig2-plateau fig1-map report-fig1-map report-fig1 report-fig2 report-fig4 test verify bench gpu-check lint clean
+.PHONY: help install data reproduce reproduce-fig1 reproduce-fig2 fig2-protocol reproduce-fig4 fig2-plateau fig1-map report-fig1-map report-fig1 report-fig2 report-fig4 test verify bench gpu-check lint clean
 
 help: ## List the targets and variables (colour only on a terminal)
 	@if [ -t 1 ]; then on='\033[36m'; off='\033[0m'; else on=''; off=''; fi; \
@@ -55,6 +55,10 @@ reproduce-fig2: install data ## Figures 2-3: the six Inception variants for SEED
 	$(PY) scripts/need_data.py experiment=bn_x30 scale=$(SCALE) "make $@"
 	$(PY) -m repro.train -m experiment=$(FIG2) scale=$(SCALE) seed=$(SEEDS) resume=auto runs_dir=$(RUNS) $(PARALLEL)
 	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
+
+fig2-protocol: install data ## Figures 2-3 by the protocol fixed before its runs (results/fig2/protocol.yaml): Inception's rate by its rule, L by doubling, the six variants (~3-5 h on 2 cores; rerun to resume), then OUT/fig2_rule/ and OUT/fig2/cpu_tuned/
+	$(PY) scripts/need_data.py experiment=inception scale=cpu_tuned "make $@"
+	$(PY) -m repro.protocol fig2 --scale cpu_tuned --runs-dir $(RUNS) --out $(OUT) --jobs $(JOBS)
 
 report-fig2: install ## Rebuild the Figures 2-3 report from recorded runs
 	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)

@@ -12,7 +12,8 @@ from tests.conftest import ROOT
 PACKAGE = ROOT / "repro"
 # Top-level modules: the base every layer imports (errors), the paper's optimizer beside the loop, and the
 # entry points `python -m repro.X` (get_data and wandb only hand on to repro.data.fetch, repro.runs.wandb_mirror).
-TOP_MODULES = {"__init__", "errors", "optim", "train", "evaluate", "get_data", "wandb"}
+# entry points (train, evaluate, protocol; get_data and wandb are thin) and the two modules every layer reads
+TOP_MODULES = {"__init__", "errors", "optim", "train", "evaluate", "protocol", "get_data", "wandb"}
 
 
 def _module_name(path) -> str:

@@ -37,6 +37,15 @@ def load_ledger(path: Path) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
+def ledger_for(figure: str, scale: str, root: Path = Path("results")) -> Path:
+    """The figure's ledger for `scale`: a results/<figure>/*.yaml that lists the scale under `scales`,
+    else results/<figure>/claims.yaml."""
+    for path in sorted((root / figure).glob("*.yaml")):
+        if scale in (load_ledger(path).get("scales") or []):
+            return path
+    return root / figure / "claims.yaml"
+
+
 def fmt(x: float, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"

@@ -10,16 +10,18 @@ import sys
 from pathlib import Path
 
 from repro.errors import ReproError
+from repro.report import ledger_for
 from repro.report.pipeline import FIGURES
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.report", description=__doc__)
-    parser.add_argument("figure", choices=["fig1", "fig1-map", "fig2", "fig2-plateau", "fig4", "verify"])
-    parser.add_argument("--scale", default="cpu", help="smoke | cpu | cpu_long | gpu | paper")
+    parser.add_argument("figure", choices=["fig1", "fig1-map", "fig2", "fig2-rule", "fig2-plateau", "fig4", "verify"])
+    parser.add_argument("--scale", default="cpu", help="smoke | cpu | cpu_long | cpu_tuned | gpu | paper")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
     parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--claims", type=Path, default=None, help="claims ledger (default results/<fig>/claims.yaml)")
+    parser.add_argument("--claims", type=Path, default=None,
+                        help="claims ledger (default: the results/<fig>/*.yaml that lists the scale, else results/<fig>/claims.yaml)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="fig4: evaluate the first N test images (default: all; 2,000 at smoke scale)")
     parser.add_argument("--from-evaluations", type=Path, default=None, metavar="JSON",
@@ -46,11 +48,16 @@ def main(argv: list[str] | None = None) -> int:
 
             claims = args.claims or Path("results") / "fig1" / "map" / "claims.yaml"
             path = fig1_map.build(args.runs_dir or Path("runs/fig1_map"), args.out / "fig1" / "map", claims, args.steps)
+        elif args.figure == "fig2-rule":
+            from repro.report import fig2_rule
+
+            claims = args.claims or ledger_for("fig2", args.scale)
+            path = fig2_rule.build(args.runs_dir or Path("runs"), args.scale, args.out, claims)
         else:
             from repro.report.pipeline import build, build_from_cache
 
             figure = args.figure.replace("-", "_")  # fig2-plateau: Inception's plateau check, on Figure 2's ledger
-            claims = args.claims or Path("results") / figure.removesuffix("_plateau") / "claims.yaml"
+            claims = args.claims or ledger_for(figure.removesuffix("_plateau"), args.scale)
             kwargs = {"limit": args.limit} if figure == "fig4" else {}
             if args.from_evaluations:
                 path = build_from_cache(figure, args.from_evaluations, args.scale, args.out, claims)

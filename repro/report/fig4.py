@@ -83,7 +83,7 @@ def evaluation_meta(res: dict, pop_batches: int) -> dict:
             "top5_k": r["top5_k"], "num_classes": r["num_classes"], "pop_batches": pop_batches}
 
 
-def collect(sel, out: Path, scale: str, limit: int | None = None, pop_batches: int = 100) -> tuple[list[tuple], dict]:
+def collect(sel, out: Path, scale: str, limit: int | None = None, pop_batches: int = 100, **_) -> tuple[list[tuple], dict]:
     """Evaluate (or reuse cached evaluations of) BN-x30 and the six members; rows for runs.csv."""
     limit = limit or DEFAULT_LIMIT.get(scale)
     single = [str(sel.runs[SINGLE][0].path)]

@@ -29,7 +29,8 @@ def build(figure: str, runs_dir: Path, scale: str, out_root: Path, claims_path: 
     seeds = load_ledger(claims_path).get("seeds") or getattr(module, "SEEDS", None)  # the ledger's, if it lists them
     sel = select_runs(runs_dir, module.EXPERIMENTS, scale, tuple(overrides), tuple(seeds) if seeds else None)
     out = Path(out_root) / figure / scale
-    rows, meta = module.collect(sel, out=out, scale=scale, **kwargs)
+    rows, meta = module.collect(sel, out=out, scale=scale, claims=claims_path, runs_dir=runs_dir,
+                                overrides=overrides, **kwargs)
     used = [r for rs in sel.runs.values() for r in rs]
     meta |= run_meta(sel, ledger_provenance(claims_path, used))
     meta |= {"figure": figure, "scale": scale, "runs_dir": str(runs_dir), "claims": str(claims_path),

@@ -56,6 +56,13 @@ def plateau_gain(values: np.ndarray, k: int) -> float:
     return float(values[-k:].max() - values[:-k].max())
 
 
+def tail_mean(steps: np.ndarray, values: np.ndarray, start: float) -> float:
+    """The mean of the evaluations at steps >= `start`: Figures 2-3's final accuracy under the issue-20
+    protocol, robust to one evaluation's noise where a maximum is biased up by it; nan if there are none."""
+    tail = np.asarray(values, dtype=float)[np.asarray(steps) >= start]
+    return float(tail.mean()) if len(tail) else math.nan
+
+
 def plateau_step(steps: np.ndarray, values: np.ndarray, x: float) -> float:
     """The first evaluation step after which the curve never beats its best so far by more than `x`:
     where, looking back, the run had plateaued; inf if no evaluation before the last one qualifies."""

@@ -1,0 +1,102 @@
+"""Figures 2-3's protocol (issue 20): the rate rule and the doubling test on known answers, the ledger's
+statistics, and the driver end to end on a tiny ledger (python -m repro.protocol)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from repro.report import ledger_for, load_ledger
+from repro.report.fig2_rule import choose_length, choose_rate, rule_rates
+from repro.report.pipeline import verify
+from repro.report.stats import tail_mean
+from tests.conftest import DATA, ROOT, needs_mnist
+
+LEDGER = load_ledger(ROOT / "results" / "fig2" / "protocol.yaml")
+
+
+def finals(*values):
+    return dict(zip((1, 2, 3), values))
+
+
+def test_the_ledger_is_the_cpu_tuned_scales():
+    assert ledger_for("fig2", "cpu_tuned", ROOT / "results") == ROOT / "results" / "fig2" / "protocol.yaml"
+    assert ledger_for("fig2", "cpu", ROOT / "results") == ROOT / "results" / "fig2" / "claims.yaml"
+
+
+def test_tail_mean_is_the_mean_of_the_evaluations_from_a_step():
+    steps, acc = np.array([240, 1680, 1920, 2160, 2400]), np.array([0.3, 0.70, 0.74, 0.71, 0.73])
+    assert tail_mean(steps, acc, 0.7 * 2400) == pytest.approx(0.72)
+    assert np.isnan(tail_mean(steps[:1], acc[:1], 0.7 * 2400))
+
+
+def test_rule_picks_the_best_mean_and_the_smaller_of_a_tie():
+    table = {0.0015: finals(0.60, 0.61, 0.62), 0.0045: finals(0.70, 0.71, 0.72),
+             0.015: finals(0.7005, 0.7105, 0.7205), 0.045: finals(0.65, 0.66, 0.64)}
+    assert choose_rate(LEDGER, table) == (0.0045, [])  # 0.015 is better by less than the 0.1-point tie
+    table[0.015] = finals(0.72, 0.73, 0.74)
+    assert choose_rate(LEDGER, table) == (0.015, [])
+    del table[0.045][3]
+    assert choose_rate(LEDGER, table) == (None, [0.045])  # a seed still to run
+
+
+def test_rule_extends_a_winning_end_once():
+    table = {r: finals(a, a, a) for r, a in ((0.0015, 0.5), (0.0045, 0.6), (0.015, 0.65), (0.045, 0.7))}
+    assert rule_rates(LEDGER, table)[-1] == 0.135 and choose_rate(LEDGER, table) == (None, [0.135])
+    table[0.135] = finals(0.1, 0.1, 0.1)  # the extension diverged (counts 0 or chance): the old end wins
+    assert choose_rate(LEDGER, table) == (0.045, [])
+    table[0.135] = finals(0.8, 0.8, 0.8)  # it wins, and is not extended again
+    assert choose_rate(LEDGER, table) == (0.135, [])
+
+
+def test_doubling_accepts_the_first_rung_every_seed_passes():
+    at = {2400: finals(0.70, 0.71, 0.72), 4800: finals(0.72, 0.73, 0.74), 9600: finals(0.73, 0.735, 0.75)}
+    # 2,400 -> 4,800 gains 2 points on every seed (> 1.5): rejected; 4,800 -> 9,600 at most 1.0: accepted
+    length, need, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    assert (length, need, [r["passed"] for r in rungs]) == (4800, [], [False, True])
+    assert rungs[0]["gains"][1] == pytest.approx(0.02)
+    assert choose_length(LEDGER, lambda n: {} if n == 4800 else at[n]) == (None, [4800], [])
+    at[9600] = finals(0.73, 0.735, 0.77)  # seed 3 gains 3 points: rejected, and the last rung needs its 2L
+    length, need, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    assert length is None and need == [19200] and [r["passed"] for r in rungs] == [False, False]
+    at[19200] = finals(0.74, 0.74, 0.80)
+    length, need, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    assert (length, need, rungs[-1]["passed"]) == (9600, [], False)  # no rung accepted: L is the last
+
+
+TINY = {
+    "scales": ["smoke"],
+    "final_accuracy": {"statistic": "tail_mean", "from": 0.5},
+    "rate_rule": {"variant": "inception", "rates": [0.01, 0.03], "extend_factor": 3, "seeds": [1], "steps": 4,
+                  "tie": 0.001},
+    "doubling": {"variant": "inception", "rungs": [4], "margin": 1.0},
+    "preconditions": {"inception_converged": {"test": "doubling"},
+                      "all_settled": {"test": "settled", "variants": ["inception", "bn_x30"], "from": 0.25, "x": 1.0}},
+    "claims": [c for c in LEDGER["claims"]],
+}
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_protocol_runs_end_to_end_and_resumes_nothing_twice(tmp_path):
+    ledger = tmp_path / "tiny.yaml"
+    ledger.write_text(yaml.safe_dump(TINY))
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    cmd = [sys.executable, "-m", "repro.protocol", "fig2", "--scale", "smoke", "--ledger", str(ledger), "--runs-dir",
+           str(runs), "--out", str(out), "--jobs", "2", "--override", f"data.root={DATA}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rule = (out / "fig2_rule" / "smoke" / "report.md").read_text()
+    assert "**Rule's rate:" in rule and "accepted" in rule
+    report = (out / "fig2" / "smoke" / "report.md").read_text()
+    assert "The protocol ledger" in report and "final accuracy (the mean of its evaluations at steps ≥ 0.5 L)" in report
+    made = sorted(p.name for p in runs.glob("*/config.yaml"))
+    # rates 0.01, 0.03 and the winner's extension at 4 steps, the winner at 8 steps, five more variants
+    assert len(made) == 2 + 1 + 1 + 5, made
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and sorted(p.name for p in runs.glob("*/config.yaml")) == made
+    assert verify(out) == []  # both reports rebuild from their runs.csv and meta.json alone
