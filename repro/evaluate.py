@@ -154,6 +154,37 @@ def with_population_statistics(run: Run, num_batches: int, device: torch.device)
 # Evaluation
 
 
+class ImageProgress:
+    """Evaluation progress: a tqdm bar on a terminal; off one (a file, nohup, SLURM) a line every
+    `every_s` seconds and at the end, as training prints (a 144-view evaluation can run for an hour)."""
+
+    def __init__(self, desc: str, total: int, progress: bool | None, every_s: float = 30.0):
+        self.desc, self.total, self.every_s, self.done = desc, total, every_s, 0
+        show = dist.is_main() and (progress if progress is not None else True)
+        self.bar = tqdm(total=total, unit="img", dynamic_ncols=True, desc=desc) if show and sys.stderr.isatty() else None
+        self.lines = show and self.bar is None
+        self.t0 = self.t_line = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.lines and (time.perf_counter() - self.t_line >= self.every_s or self.done == self.total):
+            self._line()
+
+    def _line(self) -> None:
+        now = time.perf_counter()
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate else 0.0
+        print(f"evaluate {self.desc}: {self.done:,}/{self.total:,} images ({100 * self.done / max(self.total, 1):.0f}%), "
+              f"{rate:.1f} images/s, ETA {int(eta) // 60}m{int(eta) % 60:02d}s", file=sys.stderr, flush=True)
+        self.t_line = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "ema",
                   pop_batches: int = DEFAULT_POP_BATCHES, *, batch_size: int = 1024,
                   crop_size: int | None = None, device: str | torch.device = "cpu",
@@ -197,8 +228,7 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
         models.append(model.eval())
 
     probs = [[] for _ in models]
-    bar = tqdm(total=len(mine), unit="img", dynamic_ncols=True, desc=f"{crops}-crop x {len(models)}",
-               disable=(not dist.is_main()) or (None if progress is None else not progress))
+    bar = ImageProgress(f"{crops}-crop x {len(models)} network(s), {bn_stats} BN statistics", len(mine), progress)
     with torch.no_grad():
         for views, counts in data.view_batches(mine, crops, crop_size, batch_size):
             views = views.to(device, non_blocking=True)
@@ -213,17 +243,20 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
     ensemble = torch.stack(probs).mean(0)  # §4.2.3: arithmetic mean of the networks' probabilities
 
     local = {
-        "index": mine, "pred": ensemble.argmax(-1).tolist(),
+        "index": mine, "pred": ensemble.argmax(-1).tolist(), "model_pred": [p.argmax(-1).tolist() for p in probs],
         "correct": [correct_at(p, y_mine) for p in probs] + [correct_at(ensemble, y_mine)],
     }
     parts = dist.all_gather_objects(local)  # small: indices, top-1 labels and counts per rank
     index = [i for p in parts for i in p["index"]]
     if sorted(index) != list(range(len(y_test))):  # exactly once: no image padded in or dropped
         raise RuntimeError(f"ranks evaluated {len(index)} images, not each of the {len(y_test)} once")
-    preds = [0] * len(y_test)
+    preds, model_preds = [0] * len(y_test), [[0] * len(y_test) for _ in runs]
     for p in parts:
         for i, c in zip(p["index"], p["pred"], strict=True):
             preds[i] = c
+        for mp, pm in zip(model_preds, p["model_pred"], strict=True):
+            for i, c in zip(p["index"], pm, strict=True):
+                mp[i] = c
     counts = torch.tensor([p["correct"] for p in parts]).sum(0)  # (models + 1, 2)
     n = len(y_test)
 
@@ -240,7 +273,7 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
         "pop_batch_size": [r.cfg.train.batch_size for r in runs] if bn_stats == "population" else None,
         "dataset": data.describe(), "num_classes": data.num_classes, "top5_k": min(5, data.num_classes),
         "world_size": dist.world_size(), "wall_s": round(time.perf_counter() - t0, 2),
-        "per_model": per_model, "predictions": preds,
+        "per_model": per_model, "predictions": preds, "model_predictions": model_preds, "labels": y_test.tolist(),
     }
 
 

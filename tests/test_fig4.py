@@ -38,6 +38,11 @@ def test_report_builds_and_caches_evaluations(smoke, tmp_path):
     cached = json.loads((out / "evaluations.json").read_text())
     assert set(cached) == set(fig4.EVALS) and cached["ensemble_144crop"]["result"]["models"] == 6
     assert cached["single_1crop"]["result"]["n_images"] == 16
+    wrong = cached["single_1crop"]["result"]["wrong"]  # per image, for the paired statistics
+    assert len(wrong["combined"]) == 16 and set(wrong["combined"]) <= {"0", "1"}
+    assert 100 * wrong["combined"].count("1") / 16 == pytest.approx(cached["single_1crop"]["result"]["top1_error"])
+    assert set(cached["all_1crop_population"]["result"]["wrong"]) == {"combined"} | set(fig4_members(out))
+    assert "paired-bootstrap interval" in text and "exact McNemar" in text and "predate per-image records" not in text
     long = read_long(out / "runs.csv")
     assert long.value("single_1crop", "top1_error") == cached["single_1crop"]["result"]["top1_error"]
     mtime = (out / "evaluations.json").stat().st_mtime
@@ -52,3 +57,27 @@ def test_error_drop_interval_over_images():
     s = fig4.error_drop(long, "a", "b")
     se = 100 * ((0.2 * 0.8 + 0.15 * 0.85) / 1000) ** 0.5
     assert s.mean == pytest.approx(5.0) and s.lo == pytest.approx(5.0 - 1.959964 * se)
+
+
+def fig4_members(out) -> list[str]:
+    return list(json.loads((out / "meta.json").read_text())["members"])
+
+
+def test_evaluation_prints_a_progress_line_off_a_terminal(capsys):
+    from repro.evaluate import ImageProgress
+
+    p = ImageProgress("144-crop x 7", 10, None, every_s=0.0)
+    p.update(4)
+    p.update(6)
+    p.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("evaluate 144-crop x 7: 4/10 images (40%), ") and "ETA" in lines[0]
+    assert lines[-1].startswith("evaluate 144-crop x 7: 10/10 images (100%)")
+    quiet = ImageProgress("x", 10, None, every_s=30.0)
+    quiet.update(4)  # within 30 s of the start: no line yet
+    assert capsys.readouterr().err == ""
+    quiet.update(6)  # the last image: a line
+    assert "10/10 images" in capsys.readouterr().err
+    ImageProgress("x", 10, False, every_s=0.0).update(10)  # progress=False: silent
+    assert capsys.readouterr().err == ""
+

@@ -19,9 +19,14 @@ from repro.report.stats import (
     NOT_REPRODUCED,
     NOT_TESTABLE,
     REPRODUCED,
+    leave_one_out,
+    mcnemar_exact,
+    paired_bootstrap,
     plateau_gain,
+    stability,
     steps_to_reach,
     summarize,
+    t975,
     value_at,
     verdict,
 )
@@ -51,7 +56,7 @@ def test_value_at_is_nan_outside_the_recorded_steps():
 def test_summary_uses_the_sample_std_and_a_t_interval():
     s = summarize([1.0, 2.0, 3.0])
     assert s.mean == 2.0 and s.std == pytest.approx(1.0)  # ddof=1 (ddof=0 would give 0.816)
-    assert (s.lo, s.hi) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
+    assert (s.lo, s.hi) == pytest.approx((2 - 4.302653 / math.sqrt(3), 2 + 4.302653 / math.sqrt(3)))
     one = summarize([0.7])
     assert math.isnan(one.std) and math.isnan(one.lo)
 
@@ -67,6 +72,61 @@ def test_summary_uses_the_sample_std_and_a_t_interval():
 ])
 def test_verdicts(values, op, threshold, expected):
     assert verdict(summarize(values), op, threshold) == expected
+
+
+@pytest.mark.parametrize("values, op, threshold, expected", [
+    ([math.inf, math.inf, math.inf], "<", 1.0, NOT_REPRODUCED),  # infinite, all on the wrong side
+    ([-math.inf, -math.inf], ">", 0.0, NOT_REPRODUCED),
+    ([math.inf, 2.0], ">=", 2.0, REPRODUCED),  # a value exactly at a >= threshold is on its side
+    ([math.inf, 2.0], ">", 2.0, INCONCLUSIVE),  # ... and not on a > threshold's
+    ([2.0, 2.0, 2.0], ">=", 2.0, REPRODUCED),  # zero spread: the interval is the point 2.0
+    ([2.0, 2.0, 2.0], ">", 2.0, NOT_REPRODUCED),
+    ([2.0, 2.0, 2.0], "<=", 2.0, REPRODUCED),
+    ([2.0, 2.0, 2.0], "<", 2.0, NOT_REPRODUCED),
+])
+def test_verdict_edge_cases(values, op, threshold, expected):
+    assert verdict(summarize(values), op, threshold) == expected
+
+
+def test_t_quantiles_are_scipy_s():
+    import scipy.stats
+
+    assert t975(2) == pytest.approx(4.302653, abs=1e-6)
+    assert t975(31) == pytest.approx(scipy.stats.t.ppf(0.975, 31)) and t975(31) > 1.959964 * 1.03  # not the normal's
+    s = summarize([1.0, 2.0, 3.0, 4.0])
+    assert s.hi - s.mean == pytest.approx(scipy.stats.t.ppf(0.975, 3) * s.std / 2)
+
+
+def test_stability_counts_leave_one_seed_out_verdicts():
+    # Figure 1's bn_ahead_10k at 3 seeds: reproduced, but inconclusive without seed 1
+    values = [0.0031, 0.0036, 0.0029]
+    assert leave_one_out(values, ">", 0.0) == [INCONCLUSIVE, REPRODUCED, REPRODUCED]
+    assert stability(values, [1, 2, 3], ">", 0.0) == "**2 of 3**: without seed 1: inconclusive"
+    assert stability([3.5, 3.6, 3.7, 3.6], [1, 2, 3, 4], ">=", 3.0) == "4 of 4"
+    assert stability([0.7], [1], ">", 0.0) == "— (one value)"
+
+
+def test_paired_statistics_on_known_answers():
+    import numpy as np
+
+    a = np.array([1, 1, 1, 0, 0, 0, 1, 0] * 50, bool)  # wrong in 200 of 400
+    b = np.array([1, 0, 0, 0, 0, 1, 1, 0] * 50, bool)  # wrong in 150
+    only_a, only_b, p = mcnemar_exact(a, b)
+    assert (only_a, only_b) == (100, 50) and p == pytest.approx(2 * scipy_binom_tail(50, 150))
+    s = paired_bootstrap(100.0 * (a.astype(float) - b), reps=4000, seed=0)
+    d = 100.0 * (a.astype(float) - b)
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert s.mean == pytest.approx(12.5) and s.lo == pytest.approx(12.5 - 1.96 * se, abs=0.6)
+    assert s.hi == pytest.approx(12.5 + 1.96 * se, abs=0.6)
+    assert paired_bootstrap(np.zeros((3, 50))).lo == paired_bootstrap(np.zeros((3, 50))).hi == 0.0
+    again = paired_bootstrap(100.0 * (a.astype(float) - b), reps=4000, seed=0)
+    assert (again.lo, again.hi) == (s.lo, s.hi)  # fixed seed: verify rebuilds it exactly
+
+
+def scipy_binom_tail(k: int, n: int) -> float:
+    import scipy.stats
+
+    return float(scipy.stats.binom.cdf(k, n, 0.5))
 
 
 def test_a_failed_precondition_makes_a_claim_not_testable():
@@ -232,7 +292,8 @@ def test_report_logs_its_claims_and_figures_to_an_offline_wandb_run(fig1_runs, t
     (row,) = report.history
     claims = json.loads(report.file(row["claims/path"]).read_text())
     md = _claims_table(out / "fig1" / "smoke")
-    assert claims["columns"] == ["claim", "paper", "ours, per seed", "mean ± std", "95% interval", "criterion", "verdict"]
+    assert claims["columns"] == ["claim", "paper", "ours, per seed", "mean ± std", "95% interval", "criterion", "verdict",
+                                 "stable without one seed"]
     assert [r[0] for r in claims["data"]] == [c["id"] for c in yaml.safe_load(FIG1_CLAIMS.read_text())["claims"]]
     assert all(f"| {' | '.join(r)} |" in md for r in claims["data"])  # the rows as the report prints them
     assert {report.summary[f"verdict/{r[0]}"] for r in claims["data"]} <= {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE}

@@ -126,3 +126,14 @@ def test_map_report_marks_cells_and_rebuilds_from_its_files(tmp_path):
     assert (out / "map.png").stat().st_size > 0
     again = render(out, tmp_path / "again")
     assert (again / "report.md").read_text() == text
+
+
+def test_jobs_share_the_seeds_out_and_refuse_nonsense(capsys):
+    from repro.stacked.mapgrid import run_split, split_seeds
+
+    parts = split_seeds(["experiment=fig1_baseline,fig1_bn", "seed=1,2,3,4,5", "scale=cpu"], 2)
+    assert parts == [["experiment=fig1_baseline,fig1_bn", "scale=cpu", "seed=1,3,5"],
+                     ["experiment=fig1_baseline,fig1_bn", "scale=cpu", "seed=2,4"]]
+    assert split_seeds(["seed=7"], 4) == [["seed=7"]]  # never an empty process
+    assert run_split(["two", "seed=1"]) == 2 and run_split(["2", "experiment=fig1_bn"]) == 2
+    assert "--jobs N needs" in capsys.readouterr().err

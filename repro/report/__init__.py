@@ -11,7 +11,9 @@ so `python -m repro.report verify` can rebuild every committed number. One modul
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -20,7 +22,7 @@ import matplotlib
 import numpy as np
 import yaml
 
-from repro.report.stats import METHOD_NOTE, verdict
+from repro.report.stats import METHOD_NOTE, stability, verdict
 from repro.runs.files import atomic_write, write_json
 
 matplotlib.use("Agg")  # reports render to files; no display is needed or wanted
@@ -79,12 +81,48 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, text)
 
 
+PLOTTED = "plotted.json"  # beside each report: a digest of every figure's plotted data, checked by verify
+
+
+def _numbers(values) -> str:
+    """Values as text at 9 significant digits, so a last-bit difference between machines does not count."""
+    arr = np.ma.filled(np.ma.asarray(values, dtype=float), np.nan).ravel()
+    return ",".join(f"{x:.9g}" for x in arr)
+
+
+def plotted_data(fig) -> dict[str, str]:
+    """A sha256 per drawn element of `fig` (lines, bands and bars, image cells, texts, titles and legends)
+    over the values a reader sees, keyed by the panel's title and the element's label or position."""
+    out = {}
+    name = lambda kind, j, a: f"{kind} {j}" + ("" if a.get_label().startswith("_") else f" {a.get_label()}")  # noqa: E731
+    for i, ax in enumerate(fig.axes):
+        panel = f"{i} {ax.get_title() or ax.get_label()}".replace("\n", " ").strip()
+        items = [(name("line", j, a), _numbers(a.get_xydata())) for j, a in enumerate(ax.lines)]
+        items += [(name("collection", j, a), ";".join(
+            [_numbers(p.vertices) for p in a.get_paths()] + [_numbers(a.get_offsets())])) for j, a in enumerate(ax.collections)]
+        items += [(name("patch", j, a), _numbers(a.get_path().transformed(a.get_patch_transform()).vertices))
+                  for j, a in enumerate(ax.patches)]
+        items += [(f"image {j}", _numbers(a.get_array())) for j, a in enumerate(ax.images)]
+        items += [(f"text {j}", f"{a.get_text()}@{_numbers(a.get_position())}") for j, a in enumerate(ax.texts)]
+        items += [("labels", "|".join([ax.get_title(), ax.get_xlabel(), ax.get_ylabel()]))]
+        if ax.get_legend() is not None:
+            items += [("legend", "|".join(t.get_text() for t in ax.get_legend().get_texts()))]
+        out |= {f"{panel} / {k}": hashlib.sha256(v.encode()).hexdigest()[:16] for k, v in items}
+    if fig.get_suptitle():
+        out["suptitle"] = hashlib.sha256(fig.get_suptitle().encode()).hexdigest()[:16]
+    return out
+
+
 def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure atomically (render to a temp name, then rename)."""
+    """Write a matplotlib figure atomically (render to a temp name, then rename), and its plotted data's
+    digest into plotted.json beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120, bbox_inches="tight")
     tmp.replace(path)
+    record = path.with_name(PLOTTED)
+    digests = json.loads(record.read_text()) if record.exists() else {}
+    write_json(record, digests | {path.name: plotted_data(fig)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,12 +241,13 @@ def fmt_values(values: list[float], seeds: list, digits: int = 4) -> str:
 
 
 def claims_section(results: list[dict], preconditions: dict[str, dict] | None = None, previous: dict | None = None) -> str:
-    """The claims table: per-seed values, mean ± std, 95% interval, criterion, verdict; then the
-    verdict rule, the preconditions, and the verdicts that changed since `previous` (a
+    """The claims table: per-seed values, mean ± std, 95% interval, criterion, verdict and its stability
+    (in how many leave-one-seed-out subsets it stays the same); then the verdict rule, the preconditions, and the verdicts that changed since `previous` (a
     previous_verdicts.yaml: source, and per claim id its value, verdict and why it changed).
 
     Each result: claim (the ledger entry), seeds (labels), summary (stats.Summary), testable, and
-    optionally scale (multiplier for display)."""
+    optionally scale (multiplier for display) and stability (the column's text, where the summary is not
+    a per-seed one, e.g. an interval over test images)."""
     rows = []
     for r in results:
         c, s = r["claim"], r["summary"]
@@ -217,8 +256,11 @@ def claims_section(results: list[dict], preconditions: dict[str, dict] | None = 
         rows.append([c["id"], c["paper"], fmt_values([v * k for v in s.values], r["seeds"]),
                      f"{fmt(s.mean * k)} ± {fmt(s.std * k)}", interval,
                      f"{c['op']} {fmt(float(c['threshold']) * k)}" + (f" ({', '.join(c['preconditions'])})" if c.get("preconditions") else ""),
-                     verdict(s, c["op"], float(c["threshold"]), r.get("testable", True))])
-    text = md_table(["claim", "paper", "ours, per seed", "mean ± std", "95% interval", "criterion", "verdict"], rows)
+                     verdict(s, c["op"], float(c["threshold"]), r.get("testable", True)),
+                     r.get("stability") or stability(s.values, r["seeds"], c["op"], float(c["threshold"]),
+                                                     r.get("testable", True))])
+    text = md_table(["claim", "paper", "ours, per seed", "mean ± std", "95% interval", "criterion", "verdict",
+                     "stable without one seed"], rows)
     text += "\n" + METHOD_NOTE + "\n"
     if preconditions:
         text += "\nPreconditions (ledger):\n\n" + md_table(
@@ -228,8 +270,8 @@ def claims_section(results: list[dict], preconditions: dict[str, dict] | None = 
         changed = []
         for r, row in zip(results, rows):
             old = previous["claims"].get(r["claim"]["id"])
-            if old and old["verdict"] != row[-1].strip("*"):
-                changed.append(f"- {r['claim']['id']}: {old['verdict']} ({old['value']}) → {row[-1].strip('*')}. "
+            if old and old["verdict"] != row[-2].strip("*"):
+                changed.append(f"- {r['claim']['id']}: {old['verdict']} ({old['value']}) → {row[-2].strip('*')}. "
                                + old.get("why", ""))
         text += (f"\nVerdicts that changed since {previous['source']}:\n\n" + "\n".join(changed) + "\n"
                  if changed else f"\nNo verdict changed since {previous['source']}.\n")

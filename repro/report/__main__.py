@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claims", type=Path, default=None,
                         help="claims ledger (default: the results/<fig>/*.yaml that lists the scale, else results/<fig>/claims.yaml)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
-                        help="fig4: evaluate the first N test images (default: 2,000 at smoke/cpu scale, all above)")
+                        help="fig4: evaluate the first N test images (default: all; 2,000 at smoke scale)")
     parser.add_argument("--from-evaluations", type=Path, default=None, metavar="JSON",
                         help="fig4: build from a committed evaluations.json when the runs are not on this machine")
     parser.add_argument("--steps", type=int, default=None,
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             problems = verify(args.out)
             for p in problems:
                 print(f"differs: {p}")
-            print(f"verify: {len(problems)} number(s) differ" if problems else "verify: every committed report rebuilds exactly")
+            print(f"verify: {len(problems)} difference(s)" if problems else
+                  "verify: every committed report, figure's plotted data, rule.md, GPU report and README result rebuilds exactly")
             return 1 if problems else 0
         if args.figure == "fig1-map":
             from repro.report import fig1_map

@@ -21,13 +21,14 @@ from repro.report import (
     runs_section,
     save_figure,
 )
-from repro.report.stats import ratio, steps_to_reach, summarize, value_at
+from repro.report.stats import ratio, steps_to_reach, summarize, t975, value_at
 
 BASE, BN = "fig1_baseline", "fig1_bn"
 EXPERIMENTS = [BASE, BN]
 LABELS = {BASE: "Without BN", BN: "With BN"}
 COLORS = {BASE: "tab:blue", BN: "tab:red"}
 CHECKPOINTS = (1000, 5000, 10000, 20000, 50000)
+SHOWN_SEEDS = 3  # Figure 1(b, c) draws the first three seeds' typical units: more lines would hide each other
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,16 +103,46 @@ def measure(claim: dict, long: Long, pairs: list[tuple[int, str, str]], start: i
 # Plots
 
 
-def plot_accuracy(curves: dict, n_seeds: dict, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+def gap_band(long: Long, pairs: list[tuple[int, str, str]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps every run has, and the BN − baseline accuracy gap there: mean over seeds (paired by seed)
+    and its pointwise 95% t-interval (lo, hi; nan for one seed)."""
+    curves = [(long.curve(bn, "test_acc"), long.curve(base, "test_acc")) for _, base, bn in pairs]
+    common = sorted(set.intersection(*(set(c[0].tolist()) & set(b[0].tolist()) for c, b in curves)))
+    gaps = np.array([[dict(zip(*map(np.ndarray.tolist, c)))[t] - dict(zip(*map(np.ndarray.tolist, b)))[t] for t in common]
+                     for c, b in curves])
+    mean = gaps.mean(0)
+    if len(gaps) < 2:
+        return np.asarray(common), mean, np.full(len(common), np.nan), np.full(len(common), np.nan)
+    half = t975(len(gaps) - 1) * gaps.std(0, ddof=1) / np.sqrt(len(gaps))
+    return np.asarray(common), mean, mean - half, mean + half
+
+
+def plot_accuracy(curves: dict, n_seeds: dict, gap: tuple, claim_steps: list[int], path: Path) -> None:
+    """(a) test accuracy, mean over seeds with a ±1 std band, on the paper's 0.7-1.0 axis; below, the gap
+    being judged, BN − baseline, with its 95% interval over seeds, on an axis its size."""
+    fig, (ax, gx) = plt.subplots(2, 1, figsize=(6, 6.4), sharex=True, height_ratios=(3, 2))
     for exp, (steps, mean, std) in curves.items():
-        ax.plot(steps, mean, color=COLORS[exp], label=f"{LABELS[exp]} (n={n_seeds[exp]})")
+        ax.plot(steps, mean, color=COLORS[exp], label=f"{LABELS[exp]} (mean of n={n_seeds[exp]})")
         ax.fill_between(steps, mean - std, mean + std, color=COLORS[exp], alpha=0.25, lw=0)
-    ax.set(xlabel="training steps", ylabel="test accuracy", title="Figure 1(a): MNIST, 3x100 sigmoid MLP",
-           ylim=(0.7, 1.0))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}K"))
+    ax.set(ylabel="test accuracy", ylim=(0.7, 1.0),
+           title="Figure 1(a): MNIST, 3x100 sigmoid MLP\nbands: ± 1 std over seeds")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    steps, mean, lo, hi = gap
+    gx.plot(steps, 100 * mean, color="k", lw=1, label="BN − baseline, mean over seeds (paired)")
+    gx.fill_between(steps, 100 * lo, 100 * hi, color="0.5", alpha=0.35, lw=0, label="95% t-interval over seeds")
+    gx.axhline(0, color="tab:red", lw=0.8)
+    for s in claim_steps:
+        gx.axvline(s, color="0.3", lw=0.6, ls=":")
+    if np.isfinite(lo).any():  # the early steps' large gaps would flatten the rest: show 1st-99th percentiles
+        a, b = np.nanpercentile(100 * np.concatenate([lo, hi]), [1, 99])
+        a, b = min(a, 0.0), max(b, 0.0)
+        gx.set_ylim(a - 0.1 * (b - a), b + 0.1 * (b - a))
+    gx.set(xlabel="training steps", ylabel="accuracy gap (points)")
+    gx.set_title("the gap the claims judge (dotted: the claims' steps)", fontsize=9)
+    gx.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}K"))
+    gx.grid(alpha=0.3)
+    gx.legend(loc="lower right", fontsize=8)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -121,20 +152,21 @@ def plot_percentiles(long: Long, meta: dict, path: Path) -> dict[str, list[int]]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     units = {}
     for ax, exp, panel in zip(axes, (BASE, BN), "bc"):
-        units[exp] = []
-        for k, run in enumerate(runs_by_experiment(meta)[exp]):
-            unit = typical_unit(long, run["run"])
-            units[exp].append(unit)
+        units[exp] = [typical_unit(long, run["run"]) for run in runs_by_experiment(meta)[exp]]
+        shown = runs_by_experiment(meta)[exp][:SHOWN_SEEDS]
+        for k, run in enumerate(shown):
             steps, p = probe_array(long, run["run"])
             for q, (style, name) in enumerate(zip(("--", "-", ":"), ("15th", "50th", "85th"))):
-                ax.plot(steps, p[:, q, unit], style, color=COLORS[exp], alpha=1.0 - 0.25 * k, lw=1.2,
+                ax.plot(steps, p[:, q, units[exp][k]], style, color=COLORS[exp], alpha=1.0 - 0.25 * k, lw=1.2,
                         label=f"{name} percentile" if k == 0 else None)
-        seeds = [r["seed"] for r in runs_by_experiment(meta)[exp]]
-        ax.set_title(f"Figure 1({panel}): {LABELS[exp]}\nseeds {', '.join(map(str, seeds))}, one typical unit each", fontsize=10)
+        seeds = [r["seed"] for r in shown]
+        of = f" of {len(units[exp])}" if len(units[exp]) > len(shown) else ""
+        ax.set_title(f"Figure 1({panel}): {LABELS[exp]}\nseeds {', '.join(map(str, seeds))}{of}, one typical unit each "
+                     "(fainter: later seed)", fontsize=10)
         ax.set_xlabel("training steps")
         ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:.0f}K"))
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)  # below: covers no line
     axes[0].set_ylabel("input to last-hidden-layer sigmoid")
     save_figure(fig, path)
     plt.close(fig)
@@ -148,7 +180,8 @@ def plot_percentiles(long: Long, meta: dict, path: Path) -> dict[str, list[int]]
 def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     scale, by_exp, pairs = meta["scale"], runs_by_experiment(meta), paired(meta)
     curves = {e: mean_band([long.curve(r["run"], "test_acc") for r in by_exp[e]]) for e in EXPERIMENTS}
-    plot_accuracy(curves, {e: len(by_exp[e]) for e in EXPERIMENTS}, out / "fig1a.png")
+    plot_accuracy(curves, {e: len(by_exp[e]) for e in EXPERIMENTS}, gap_band(long, pairs),
+                  [c["step"] for c in ledger["claims"] if c["statistic"] == "acc_gap_at"], out / "fig1a.png")
     units = plot_percentiles(long, meta, out / "fig1bc.png")
 
     start = meta["config"]["train"]["eval_every"]  # drift and spread from the first evaluation on (the ledger)
@@ -202,7 +235,7 @@ The paper prints no accuracy values for Figure 1, only the curves (y-axis 0.7–
 
 ## Sigmoid-input distribution (Figure 1b, 1c)
 15th (dashed), 50th (solid) and 85th (dotted) percentiles of the input to one typical sigmoid of the last
-hidden layer, one per seed (the unit whose final median is the median of the {cfg['train']['probe_units']} probed units:
+hidden layer, one per seed for the first {min(SHOWN_SEEDS, len(seeds[BN]))} seeds (the unit whose final median is the median of the {cfg['train']['probe_units']} probed units:
 units {units[BASE]} without BN, {units[BN]} with BN, by seed). Averaged over all probed units and seeds, from the first
 evaluation (step {start:,}) on, the median moves by {drift[BASE][0]:.3f} (without BN) vs {drift[BN][0]:.3f} (with BN)
 over training, and the 15–85 spread by {drift[BASE][1]:.3f} vs {drift[BN][1]:.3f}.

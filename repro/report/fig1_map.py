@@ -15,7 +15,16 @@ import numpy as np
 from repro.report import fmt, load_ledger, md_table, run_meta, save_figure, write_outputs
 from repro.report.pipeline import render as render_from_files
 from repro.report.runs import Selection, ledger_provenance, select_runs
-from repro.report.stats import METHOD_NOTE, REPRODUCED, steps_to_reach, summarize, value_at, verdict
+from repro.report.stats import (
+    METHOD_NOTE,
+    REPRODUCED,
+    leave_one_out,
+    stability_text,
+    steps_to_reach,
+    summarize,
+    value_at,
+    verdict,
+)
 
 BASE, BN = "fig1_baseline", "fig1_bn"
 EXPERIMENTS = [BASE, BN]
@@ -79,22 +88,36 @@ def cell_table(long, meta: dict, ledger: dict) -> dict:
         marks = {}
         for e in EXPERIMENTS:
             rs = nets.get(e, {}).values()
+            low = sum((meta["best_acc"][r["run"]] or 0) < floor for r in rs)
             if any(r["status"] == "diverged" for r in rs):
                 marks[e] = "diverged"
-            elif rs and all((meta["best_acc"][r["run"]] or 0) < floor for r in rs):
+            elif rs and low == len(rs):  # the ledger's mark: every seed
                 marks[e] = "never learns"
+            elif low:  # said, but not the ledger's mark
+                marks[e] = f"never learns in {low} of {len(rs)} seeds"
         curves = {e: [long.curve(nets[e][s]["run"], "test_acc") for s in seeds] for e in EXPERIMENTS}
         reach = {e: [steps_to_reach(*c, target) for c in curves[e]] for e in EXPERIMENTS}
         gaps = [b - n if not (math.isinf(b) and math.isinf(n)) else math.nan for b, n in zip(reach[BASE], reach[BN])]
-        row = {"seeds": seeds, "marks": marks, "reach": reach,
-               "steps_gap_to_target": summarize([g for g in gaps if not math.isnan(g)]) if any(
-                   not math.isnan(g) for g in gaps) else None}
+        row = {"seeds": seeds, "marks": marks, "reach": reach, "gaps": gaps, "steps_gap_to_target": gap_summary(gaps)}
         for step in ledger["checkpoints"]:
             row[f"acc_{step}"] = {e: [_at(c, step, nets[e][s]["status"] == "diverged") for c, s in zip(curves[e], seeds)]
                                   for e in EXPERIMENTS}
             row[f"acc_gap_{step}"] = summarize([n - b for b, n in zip(row[f"acc_{step}"][BASE], row[f"acc_{step}"][BN])])
         out[cell] = row
     return out
+
+
+def gap_summary(gaps: list[float]):
+    """The steps gap over the seeds where at least one net reaches the target (nan: neither); None if no seed."""
+    values = [g for g in gaps if not math.isnan(g)]
+    return summarize(values) if values else None
+
+
+def steps_verdicts(row: dict, op: str = ">", threshold: float = 0.0) -> tuple[str | None, list[str | None]]:
+    """A cell's "BN reaches the target in fewer steps" verdict, and the verdicts that leave one seed out."""
+    judge = lambda s: verdict(s, op, threshold) if s is not None else None  # noqa: E731
+    g = row["gaps"]
+    return judge(gap_summary(g)), [judge(gap_summary(g[:i] + g[i + 1:])) for i in range(len(g))]
 
 
 def _steps_text(reach: list[float]) -> str:
@@ -114,38 +137,70 @@ def read_at(step: int, steps: int) -> str:
     return f"{step:,}" if step <= steps else f"{steps:,} (the runs' end; the ledger asks {step:,})"
 
 
+def _k(x: float) -> str:
+    """Steps compactly: 15,760 -> 15.8k, -70 -> -70."""
+    return f"{x / 1000:.1f}k" if abs(x) >= 1000 else f"{x:.0f}"
+
+
+def cell_text(key: str, row: dict, target: float) -> tuple[str, str]:
+    """What a map cell says, and its kind: "value" (a finite mean, coloured), "one" (only one net reaches
+    the target in some seed: no finite mean, hatched) or "none" (neither reaches, or no value: grey)."""
+    s = row[key]
+    if key == "steps_gap_to_target":
+        if s is None:
+            return f"neither reaches\n{target:.0%}", "none"
+        if math.isinf(s.mean) or math.isnan(s.mean):
+            n = len(row["seeds"])
+            counts = {e: sum(math.isfinite(v) for v in row["reach"][e]) for e in EXPERIMENTS}
+            return f"seeds reaching {target:.0%}:\nBN {counts[BN]}/{n}, base {counts[BASE]}/{n}", "one"
+        if math.isnan(s.lo):
+            return f"{_k(s.mean)}\n(no interval)", "value"
+        return f"{_k(s.mean)}\n[{_k(s.lo)}, {_k(s.hi)}]", "value"
+    if math.isnan(s.mean):
+        return "—", "none"
+    pts = lambda x: f"{100 * x:+.1f}"  # noqa: E731  (accuracy in points)
+    return (f"{pts(s.mean)}\n[{pts(s.lo)}, {pts(s.hi)}]" if not math.isnan(s.lo) else pts(s.mean)), "value"
+
+
 def plot_map(table: dict, ledger: dict, path: Path) -> None:
-    lrs, stds, steps = ledger["grid"]["lr"], ledger["grid"]["init_std"], ledger["grid"]["steps"]
-    panels = [("steps_gap_to_target", f"steps to {ledger['target']:.0%}: baseline − BN"),
-              *[(f"acc_gap_{s}", f"accuracy at {min(s, steps):,} steps: BN − baseline") for s in ledger["checkpoints"]]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.2))
-    for ax, (key, title) in zip(axes, panels):
+    """One heatmap per statistic, stacked: colour the mean over seeds, text the mean and 95% interval;
+    cells where only one net reaches the target hatched, cells where neither does grey."""
+    from matplotlib.patches import Patch, Rectangle
+
+    lrs, stds, steps, target = ledger["grid"]["lr"], ledger["grid"]["init_std"], ledger["grid"]["steps"], ledger["target"]
+    panels = [("steps_gap_to_target", f"steps to {target:.0%}: baseline − BN (positive: BN faster)", 1.0),
+              *[(f"acc_gap_{s}", f"test accuracy at {min(s, steps):,} steps: BN − baseline (points)", 100.0)
+                for s in ledger["checkpoints"]]]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12, 4.3 * len(panels)))
+    for ax, (key, title, unit) in zip(axes, panels):
         grid = np.full((len(stds), len(lrs)), np.nan)
         for (lr, std), row in table.items():
             s = row[key]
             if s is not None and math.isfinite(s.mean):
-                grid[stds.index(std), lrs.index(lr)] = s.mean
+                grid[stds.index(std), lrs.index(lr)] = s.mean * unit
         lim = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
         im = ax.imshow(grid, cmap="RdBu", vmin=-lim, vmax=lim, origin="lower", aspect="auto")
         for (lr, std), row in table.items():
-            s, mark = row[key], "\n".join(f"{'BN' if e == BN else 'base'} {m}" for e, m in row["marks"].items())
-            if s is None:
-                text = "neither\nreaches"
-            elif math.isinf(s.mean):
-                text = "BN only" if s.mean > 0 else "base only"
-            elif math.isnan(s.mean):
-                text = "—"
-            elif math.isnan(s.lo):
-                text = f"{s.mean:.3g}"
-            else:
-                text = f"{s.mean:.2g}\n[{s.lo:.2g},\n{s.hi:.2g}]"
-            ax.text(lrs.index(lr), stds.index(std), text + (f"\n{mark}" if mark else ""), ha="center", va="center",
-                    fontsize=6.5)
+            x, y = lrs.index(lr), stds.index(std)
+            text, kind = cell_text(key, row, target)
+            if kind != "value":  # no finite mean: its own look, never the white of "no difference"
+                ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, facecolor="#d9d9d9" if kind == "none" else "#f3e3b5",
+                                       hatch="//" if kind == "one" else None, edgecolor="#8c6d1f" if kind == "one" else "none", lw=0))
+            marks = "\n".join(f"{'BN' if e == BN else 'base'} {m}".replace(" in ", " (").replace(" of ", "/").replace(" seeds", ")")
+                              for e, m in row["marks"].items())
+            dark = kind == "value" and abs(grid[y, x]) > 0.6 * lim
+            ax.text(x, y, text + (f"\n{marks}" if marks else ""), ha="center", va="center", fontsize=8.5,
+                    color="white" if dark else "black",
+                    bbox=None if kind == "value" else {"facecolor": "white", "alpha": 0.8, "lw": 0, "pad": 1.5})
         ax.set_xticks(range(len(lrs)), [str(v) for v in lrs])
         ax.set_yticks(range(len(stds)), [str(v) for v in stds])
         ax.set(xlabel="learning rate", ylabel="init std", title=title)
-        fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.suptitle(f"BN vs baseline across the map (mean over seeds [95% interval]; {ledger['grid']['steps']:,} steps)")
+        fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
+    axes[0].legend(handles=[Patch(facecolor="#f3e3b5", hatch="//", edgecolor="#8c6d1f", label=f"only one net reaches {target:.0%}"),
+                            Patch(facecolor="#d9d9d9", label=f"neither reaches {target:.0%}")],
+                   loc="upper left", bbox_to_anchor=(0, -0.13), ncol=2, fontsize=8.5, frameon=False)
+    fig.suptitle(f"BN vs baseline across the map: mean over seeds [95% interval], {steps:,} steps a run", y=1.0)
+    fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
 
@@ -163,16 +218,19 @@ def render(long, meta: dict, ledger: dict, out: Path) -> str:
     # ledger's first checkpoint), ties to the smaller rate.
     early = ledger["checkpoints"][0]
     best = max(cells, key=lambda c: (np.mean(table[c][f"acc_{early}"][BASE]), -c[0]))
-    verdicts = {c: verdict(table[c]["steps_gap_to_target"], ">", 0.0) if table[c]["steps_gap_to_target"] else None
-                for c in cells}
+    steps_claim = next((c for c in ledger["claims"] if c["statistic"] == "steps_gap_to_target"), {"op": ">", "threshold": 0.0})
+    judged = {c: steps_verdicts(table[c], steps_claim["op"], float(steps_claim["threshold"])) for c in cells}
+    verdicts = {c: v for c, (v, _) in judged.items()}
     comparable = [c for c in cells if verdicts[c] is not None]
     faster = [c for c in comparable if verdicts[c] == REPRODUCED]
     slower = [c for c in comparable if verdicts[c].strip("*") == "not reproduced"]
+    fragile = [c for c in faster if any(v != REPRODUCED for v in judged[c][1])]
     b = table[best]["steps_gap_to_target"]
     pct = f"{ledger['target']:.0%}"
     headline = (f"**BN reaches {pct} in fewer steps in {len(faster)} of {len(comparable)} settings** (interval of the "
                 f"per-seed gap above 0; the baseline is faster in {len(slower)}, the rest inconclusive; "
-                f"{len(cells) - len(comparable)} settings where neither net reaches {pct} in any seed are not counted); "
+                f"{len(cells) - len(comparable)} settings where neither net reaches {pct} in any seed are not counted; "
+                f"{len(fragile)} of the {len(faster)} flip when one seed is left out); "
                 f"at the baseline's best setting (lr {best[0]}, init std {best[1]}) by {_interval(b)} steps.")
     rows = []
     for c in cells:
@@ -180,16 +238,26 @@ def render(long, meta: dict, ledger: dict, out: Path) -> str:
         marks = "; ".join(f"{'BN' if e == BN else 'baseline'} {m}" for e, m in t["marks"].items()) or ""
         rows.append([c[0], c[1], _steps_text(t["reach"][BASE]), _steps_text(t["reach"][BN]),
                      _interval(t["steps_gap_to_target"]), verdicts[c] or "—",
+                     stability_text(*judged[c], t["seeds"]) if verdicts[c] else "—",
                      *[_interval(t[f"acc_gap_{s}"]) for s in ledger["checkpoints"]], marks])
     claim_rows = []
     for claim in ledger["claims"]:
-        key = "steps_gap_to_target" if claim["statistic"] == "steps_gap_to_target" else f"acc_gap_{claim['step']}"
-        vs = [verdict(table[c][key], claim["op"], float(claim["threshold"])) for c in cells if table[c][key]]
+        op, threshold = claim["op"], float(claim["threshold"])
+        if claim["statistic"] == "steps_gap_to_target":
+            key, loo = "steps_gap_to_target", {c: steps_verdicts(table[c], op, threshold) for c in comparable}
+        else:
+            key = f"acc_gap_{claim['step']}"
+            loo = {c: (verdict(table[c][key], op, threshold), leave_one_out(table[c][key].values, op, threshold))
+                   for c in cells}
+        vs = [v for v, _ in loo.values()]
         n_rep = sum(v == REPRODUCED for v in vs)
         n_not = sum(v.strip("*") == "not reproduced" for v in vs)
+        flips = [f"{c[0]} / {c[1]}" for c, (v, others) in loo.items() if any(o != v for o in others)]
         where = f" (read at {read_at(claim['step'], meta['steps'])})" if "step" in claim and claim["step"] > meta["steps"] else ""
         claim_rows.append([claim["id"], claim["paper"] + where, f"{n_rep} of {len(vs)}", f"{n_not} of {len(vs)}",
-                           f"{len(vs) - n_rep - n_not} of {len(vs)}", _interval(table[best][key])])
+                           f"{len(vs) - n_rep - n_not} of {len(vs)}",
+                           f"{len(flips)} of {len(vs)}" + (f" ({', '.join(flips)})" if flips else ""),
+                           _interval(table[best][key])])
     data, steps, n_runs = meta["data"], meta["steps"], len(meta["runs"])
     scope = (f"**A shorter map than the ledger's {planned:,} steps: {steps:,} steps per run** (the time available); "
              "an accuracy asked for at a later step reads the last evaluation." if steps < planned else
@@ -212,12 +280,13 @@ before the runs; ledger commit `{(meta['ledger']['ledger_commit'] or 'uncommitte
 | steps | {scope} Batch 60, plain SGD at a constant rate, the Figure 1 network with and without BN |
 | evaluation | whole test set every {ledger['grid']['eval_every']} steps; steps to {ledger['target']:.0%} interpolated between evaluations |
 | pairing | the members of one seed share their batch order and, per net, their initial weights' seed: each BN − baseline difference is paired by seed |
-| hardware | {meta['env']['device']} ({meta['env']['device_name'] or 'cpu'}), torch {meta['env']['torch']}; trained by `repro.stacked` (one process per net, every member of a seed stacked) |
+| hardware | {meta['env']['device']} ({meta['env']['device_name'] or 'cpu'}), torch {meta['env']['torch']}; trained by `repro.stacked` (one process per net, every member of a seed stacked); {max((r.get('wall_s') or 0) for r in meta['runs']) / 60:.0f} min wall time for the longest process (each run's in `meta.json`) |
 
 Runs: {n_runs} used; missing: {meta['missing_seeds'] or 'none'}; excluded: {len(meta['excluded'])}; diverged: {', '.join(div) or 'none'}.
 
 ## Across the map
-{md_table(['claim', 'statement', 'cells reproduced', 'cells not reproduced', 'inconclusive', f'at the baseline best (lr {best[0]}, std {best[1]})'], claim_rows)}
+{md_table(['claim', 'statement', 'cells reproduced', 'cells not reproduced', 'inconclusive',
+           'cells whose verdict flips without one seed (lr / std)', f'at the baseline best (lr {best[0]}, std {best[1]})'], claim_rows)}
 {METHOD_NOTE} A cell's steps statistic uses the seeds where at least one net reaches {ledger['target']:.0%}; a seed where
 only one net reaches it gives an infinite gap, and such a cell is decided only if every seed lies on one side.
 
@@ -226,8 +295,9 @@ only one net reaches it gives an infinite gap, and such a cell is decided only i
 ## Every cell
 Steps to {ledger['target']:.0%} per seed ({', '.join(map(str, ledger['grid']['seeds']))}), the gap baseline − BN (mean [95% interval]) and its verdict for
 "BN reaches {ledger['target']:.0%} in fewer steps", and the accuracy gaps BN − baseline. Marks: *diverged* (loss
-NaN/inf), *never learns* (best test accuracy below {ledger['never_learns_below']} in every seed).
+NaN/inf), *never learns* (best test accuracy below {ledger['never_learns_below']} in every seed; in fewer seeds it is
+said with their count, not marked). "Stable" counts the leave-one-seed-out subsets with the same verdict.
 
-{md_table(['lr', 'init std', 'baseline steps', 'BN steps', 'steps gap', 'BN faster?',
+{md_table(['lr', 'init std', 'baseline steps', 'BN steps', 'steps gap', 'BN faster?', 'stable without one seed',
            *[f'acc gap at {read_at(s, steps)}' for s in ledger['checkpoints']], 'marks'], rows)}
 """

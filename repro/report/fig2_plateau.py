@@ -79,8 +79,10 @@ def plot(long: Long, meta: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in runs_by_experiment(meta)["inception"]:
         ax.plot(*curve(long, r["run"]), color="tab:blue", label=f"{meta['scale']}: {r['run']}")
-    for r in [r for r in meta["reference"]["runs"] if r["experiment"] == "inception"]:
-        ax.plot(*curve(long, r["run"]), color="tab:gray", alpha=0.7, lw=1, label=f"cpu: seed {r['seed']}")
+    styles = [("tab:gray", "-"), ("tab:olive", "--"), ("tab:brown", ":"), ("tab:pink", "-.")]
+    for k, r in enumerate(r for r in meta["reference"]["runs"] if r["experiment"] == "inception"):
+        color, ls = styles[k % len(styles)]  # each seed its own colour and dash
+        ax.plot(*curve(long, r["run"]), color=color, ls=ls, lw=1.2, label=f"cpu: seed {r['seed']}")
     finish_plot(fig, ax, f"Inception at {meta['scale']} scale against cpu scale", path)
 
 

@@ -321,7 +321,7 @@ _ORDER = ("step", "lr", "wall", "loss", "test_acc", "test_loss", "probe")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m repro.stacked OVERRIDES`, or `--map LEDGER [OVERRIDES]` for the whole map."""
+    """`python -m repro.stacked OVERRIDES`, `--jobs N OVERRIDES` or `--map LEDGER [OVERRIDES]` (mapgrid)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--map"]:
@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"(got {args[1] if len(args) > 1 else 'nothing'})", file=sys.stderr)
             return 2
         return mapgrid.run_map(Path(args[1]), args[2:])
+    if args[:1] == ["--jobs"]:  # the seeds shared out over N processes (make reproduce)
+        return mapgrid.run_split(args[1:])
     try:
         t0 = time.perf_counter()
         summaries = run(args)
