@@ -66,8 +66,8 @@ class Data:
             self.n_test, self.num_classes = len(val), len(train.classes)
             self.in_chans, self.img_size = 3, d.image_size
             self.describe = loaders.folder_describe(d, train, val)
-            log.info("%s from %s: %d train / %d test images", d.name, self.describe["source"],
-                     self.describe["n_train"], self.describe["n_test"])  # in-memory datasets log theirs in repro.data
+            log.info("%s from %s at %s: %d train / %d test images", d.name, self.describe["source"],
+                     d.root, self.describe["n_train"], self.describe["n_test"])  # in-memory datasets log theirs in repro.data
 
 
 class Interrupted(KeyboardInterrupt):
@@ -84,7 +84,10 @@ def run(cfg: Config) -> dict:
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ReproError(f"train.device={cfg.train.device} but no CUDA GPU is visible: use train.device=cpu")
     device = dist.setup(cfg.train.device)
-    run_dir, finished = rundir.claim(cfg)
+    _seed_and_backends(cfg, device)
+    data = Data(cfg, device)  # before the claim: what the data is joins the run's identity (run_facts)
+    facts = rundir.run_facts(dist.world_size(), data.describe)
+    run_dir, finished = rundir.claim(cfg, facts)
     if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
@@ -93,7 +96,7 @@ def run(cfg: Config) -> dict:
     try:
         if run_dir is not None and dist.is_main():
             held["lock"] = rundir.hold(run_dir)
-        return _train(cfg, device, run_dir, held)
+        return _train(cfg, device, run_dir, held, data, facts)
     except (ReproError, KeyboardInterrupt) as e:
         if held["log"] is not None:  # the console gets it from main(); the run's train.log gets it here
             held["log"].write(f"error: {e or 'interrupted'}", logging.ERROR)
@@ -112,11 +115,9 @@ def run(cfg: Config) -> dict:
             held["log"].close()
 
 
-def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) -> dict:
-    """The paper's loop: set up (seeds, data, network, optimizer; a checkpoint's state when resuming),
-    open the run's record, then step, evaluating and recording on the way, and sum the run up."""
-    _seed_and_backends(cfg, device)
-    data = Data(cfg, device)
+def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict, data: Data, facts: dict) -> dict:
+    """The paper's loop: set up (network, optimizer; a checkpoint's state when resuming), open the run's
+    record, then step, evaluating and recording on the way, and sum the run up."""
     net, optimizer, probe = _build(cfg, data, device)
     losses = torch.zeros(cfg.train.log_every, device=device)  # per-step losses, read once per window
     ckpt, start, wall0, wandb_id, resumes = _resume(cfg, run_dir, net, optimizer, data, losses)
@@ -178,7 +179,7 @@ def _resume(cfg: Config, run_dir: Path | None, net: nn.Module, optimizer, data: 
     if ckpt is None:
         return None, 0, 0.0, None, []
     path = run_dir / "ckpt.pt"
-    rundir.check_checkpoint(ckpt, path, cfg, data.describe)
+    rundir.check_checkpoint(ckpt, path, cfg, data.describe, world_size=dist.world_size())
     try:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -204,7 +205,7 @@ def _open_run_dir(cfg: Config, device: torch.device, run_dir: Path | None, held:
     metrics = None
     if dist.is_main():
         if run_dir is None:
-            run_dir = held["made"] = rundir.new_run_dir(cfg)
+            run_dir = held["made"] = rundir.new_run_dir(cfg, rundir.run_facts(dist.world_size(), data.describe))
             held["lock"] = rundir.acquire(run_dir)
         env = rundir.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
         rundir.write_run_header(run_dir, cfg, env)
@@ -320,7 +321,7 @@ class Record:
             rundir.save_checkpoint(self.run_dir, {
                 "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "data": self.data.stream.state_dict(), "rng": rngs, "step": step, "wall": self.wall(),
-                "wandb_id": self.wandb_id, "losses": windows, "identity": rundir.run_identity(self.cfg),
+                "wandb_id": self.wandb_id, "losses": windows, "identity": rundir.run_identity(self.cfg, rundir.run_facts(dist.world_size(), self.data.describe)),
                 "data_identity": self.data.describe, "resumes": self.resumes})
         self.saved = step
 

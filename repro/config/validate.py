@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from repro.config.names import DATASETS, FOLDER_DATASETS, SOURCES
-from repro.config.schema import DataConfig
 from repro.errors import ReproError
 
 # ----------------------------------------------------------------------------------------------
@@ -158,14 +157,12 @@ def _absolute(path: str) -> str:
 
 
 def check(cfg: Any) -> Any:
-    """Raise one ReproError listing every invalid value of `cfg`; record its paths absolute, and a given
-    data.root as the source it names (never silently replaced by another source). Returns cfg."""
+    """Raise one ReproError listing every invalid value of `cfg`; record its paths absolute. Returns cfg.
+    (A given data.root stays data.source=auto: auto reads the files under it first, and what the files
+    are, not where, joins a run's identity: repro.runs.rundir.run_facts.)"""
     found = problems(cfg)
     if found:
         raise ReproError("; ".join(found))
-    d = cfg.data
-    if d.source == "auto" and d.name in DATASETS and _absolute(d.root) != _absolute(DataConfig.root):
-        d.source = "torchvision"
     for key in PATHS:
         _set(cfg, key, _absolute(_get(cfg, key)))
     return cfg

@@ -208,8 +208,9 @@ class Member:
 
     def __init__(self, cfg: Config, describe: dict, device: torch.device):
         self.cfg, self.describe, self.status, self.diverged_at = cfg, describe, "running", None
-        self.run_dir = rundir.find_resumable(cfg)
-        self.finished = bool(self.run_dir and (self.run_dir / "summary.json").exists())
+        self.facts = rundir.run_facts(1, describe)
+        self.run_dir = rundir.find_resumable(cfg, self.facts)
+        self.finished = bool(self.run_dir and rundir.finished(self.run_dir))
         torch.manual_seed(cfg.seed)  # as repro.train: the same seed gives the same initial weights
         self.net = build_model(cfg.model, 1, 10, 28).to(device)
         self.ckpt = None if self.run_dir is None or self.finished else rundir.load_checkpoint(self.run_dir)
@@ -220,7 +221,7 @@ class Member:
             rundir.check_checkpoint(self.ckpt, self.run_dir / "ckpt.pt", self.cfg, self.describe)
             self.net.load_state_dict(self.ckpt["model"])
         if self.run_dir is None:
-            self.run_dir = rundir.new_run_dir(self.cfg)
+            self.run_dir = rundir.new_run_dir(self.cfg, self.facts)
         self.lock = rundir.hold(self.run_dir)
         rundir.write_run_header(self.run_dir, self.cfg, env | {"data": self.describe, "run_dir": str(self.run_dir)})
         ck = self.ckpt
@@ -256,7 +257,7 @@ def _checkpoint(stack: Stack, members: list[Member], stream, step: int, wall: fl
         rundir.save_checkpoint(mb.run_dir, {
             "model": stack.state_dict(j, mb.cfg.model.norm), "optimizer": optimizer.state_dict(),
             "data": stream.state_dict(), "rng": rng, "step": step, "wall": mb.wall0 + wall,
-            "wandb_id": mb.wandb_id, "losses": [window[:, j].clone()], "identity": rundir.run_identity(mb.cfg),
+            "wandb_id": mb.wandb_id, "losses": [window[:, j].clone()], "identity": rundir.run_identity(mb.cfg, mb.facts),
             "data_identity": mb.describe, "resumes": mb.resumes})
 
 
