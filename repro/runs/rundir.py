@@ -5,11 +5,11 @@ Layout of `runs/<experiment>-<scale>-s<seed>-<hash>/`:
   config.yaml   the resolved config          env.json      versions, device, git commit, data source
   metrics.jsonl one JSON record per logged step  summary.json  final numbers and status
   ckpt.pt       the last checkpoint (model, optimizer, step, RNG states, data position)
-  lock.json     held while a process writes the run (its pid and host)
+  lock.json     held (flock) while a process writes the run; names its pid and host (repro.runs.lock)
 A checkpoint carries its run's identity (the config hash, seed included) and its data's identity
 (source, image counts, a checksum of the images); a resume refuses either mismatch with one line,
 instead of continuing someone else's network or new data under the old run's name. A run directory
-is held by a lock file naming the owner's pid and host, so two starts never write one run. Local
+is held by a lock (repro.runs.lock), so two starts never write one run. Local
 files are the record (written atomically by repro.runs.files); wandb mirrors them.
 """
 
@@ -19,10 +19,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +33,7 @@ from repro.config import Config
 from repro.errors import ReproError
 from repro.runs import dist
 from repro.runs.files import atomic_write, write_json, write_via_temporary
+from repro.runs.lock import LOCK, Lock, acquire, held, release  # noqa: F401 (callers lock through this module)
 
 log = logging.getLogger("repro.resume")
 
@@ -53,7 +52,6 @@ CHECKPOINT_KEYS = ("model", "optimizer", "data", "rng", "step", "wall", "wandb_i
 # The source is provenance, not identity: the same images read from Debian's package or a torchvision copy
 # elsewhere are the same data (the checksum says so).
 DATA_IDENTITY = ("dataset", "n_train", "n_test", "image_shape", "checksum")
-LOCK = "lock.json"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +190,7 @@ def claim(cfg: Config, facts: dict | None = None) -> tuple[Path | None, bool]:
     return dist.broadcast_object((found, bool(found and finished(found))))
 
 
-def hold(run_dir: Path) -> Path:
+def hold(run_dir: Path) -> Lock:
     """Lock a claimed run directory (`acquire`), then clear what a killed run left half-written in it."""
     lock = acquire(run_dir)
     remove_stale_temporaries(run_dir)
@@ -202,69 +200,9 @@ def hold(run_dir: Path) -> Path:
 def note_orphans(cfg: Config, facts: dict | None = None) -> None:
     """Say which earlier directories of this config hold nothing to resume (stopped before a checkpoint)."""
     for d in existing_run_dirs(cfg, facts):
-        if not any((d / f).exists() for f in ("ckpt.pt", "summary.json")) and not _held(d / LOCK):
+        if not any((d / f).exists() for f in ("ckpt.pt", "summary.json")) and not held(d / LOCK):
             log.warning("%s was left by a run stopped before its first checkpoint: nothing there can be resumed; "
                         "delete it (train.checkpoint_every=N saves every N steps)", d)
-
-
-def _owner(lock: Path) -> tuple[int, str]:
-    try:
-        owner = json.loads(lock.read_text())
-        return int(owner["pid"]), str(owner["host"])
-    except (OSError, ValueError, KeyError, TypeError):  # gone, or a write torn by a crash: nobody holds it
-        return -1, socket.gethostname()
-
-
-def _held(lock: Path) -> bool:
-    """Whether a live process may hold `lock` (one on another host may be, for all we can tell)."""
-    if not lock.exists():
-        return False
-    pid, host = _owner(lock)
-    if host != socket.gethostname():
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def acquire(run_dir: Path) -> Path:
-    """Take `run_dir`'s lock file, or say who holds it. A lock left by a dead process on this host is
-    reported and taken over; one from another host is refused (we cannot tell whether it is alive)."""
-    lock, host = run_dir / LOCK, socket.gethostname()
-    mine = run_dir / f".{LOCK}.{os.getpid()}.tmp"
-    try:
-        mine.write_text(json.dumps({"pid": os.getpid(), "host": host}))
-        for _ in range(2):
-            try:
-                os.link(mine, lock)  # atomic: the lock appears whole, with its owner, or not at all
-                return lock
-            except FileExistsError:
-                pid, owner_host = _owner(lock)
-                if owner_host != host:
-                    raise ReproError(f"{run_dir} is locked by pid {pid} on {owner_host}: wait for that run to end, "
-                                     f"or if it is gone delete {lock}; resume=never starts a new run beside it") from None
-                if _held(lock):
-                    raise ReproError(f"{run_dir} is in use by pid {pid} on this host: wait for it to end (if pid {pid} "
-                                     f"is no repro run, delete {lock}), or pass resume=never to start a new run "
-                                     f"beside it") from None
-                log.warning("%s: stale lock of pid %d (no longer running) removed", run_dir, pid)
-                lock.unlink(missing_ok=True)
-    except OSError as e:
-        raise ReproError(f"cannot write {lock} ({e.strerror}): make {run_dir} writable") from e
-    finally:
-        mine.unlink(missing_ok=True)
-    raise ReproError(f"could not lock {run_dir}: another start took it at the same moment; try again")
-
-
-def release(lock: Path | None) -> None:
-    if lock is not None:
-        lock.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
