@@ -103,6 +103,13 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward
     sync_bn: bool = False  # the paper's BN statistics are per replica; SyncBN (GPUs only) is a step beyond it
     deterministic: bool = False  # CUDA: deterministic kernels, no cuDNN autotuning (slower; bit-identical reruns)
+    # Divergence beyond NaN/inf (repro.runs.divergence): the logged loss above diverge_factor x the first step's
+    # for diverge_logs consecutive logs; diverge_factor=0 keeps NaN/inf only. Our choice (issue 19).
+    diverge_factor: float = 10.0
+    diverge_logs: int = 3
+    # Signals that stop a run at the next step boundary with a checkpoint (repro.runs.preempt): SLURM and
+    # torchrun send SIGTERM, SLURM a USR signal before the time limit (submitit: USR2). [] turns it off.
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
 
 
 @dataclass

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import os
 import re
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,12 @@ def _above(lo) -> tuple[Callable, str]:
 
 def _optional(test: tuple[Callable, str]) -> tuple[Callable, str]:
     return (lambda v, c: v is None or test[0](v, c)), f"null or {test[1]}"
+
+
+def _signal(name: str) -> bool:
+    name = str(name).upper()
+    return (name if name.startswith("SIG") else f"SIG{name}") in (set(signal.Signals.__members__) -
+                                                                  {"SIGKILL", "SIGSTOP", "SIGINT"})
 
 
 _POSITIVE, _NON_NEGATIVE = _at_least(1), _at_least(0)
@@ -93,6 +100,10 @@ RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("train.probe_batch", _POSITIVE),
     ("train.checkpoint_every", _NON_NEGATIVE),
     ("train.threads", _NON_NEGATIVE),
+    ("train.diverge_factor", ((lambda v, c: v == 0 or v > 1), "0 (NaN/inf only) or > 1")),
+    ("train.diverge_logs", _POSITIVE),
+    ("train.preempt_signals", ((lambda v, c: all(_signal(s) for s in v)),
+                               "a list of catchable signal names, e.g. [SIGTERM,SIGUSR1,SIGUSR2], or []")),
     ("train.device", ((lambda v, c: bool(_DEVICE.fullmatch(v))), "auto, cpu, cuda or cuda:N")),
     ("logger.wandb.mode", _one_of("offline", "online", "disabled")),
     ("logger.progress", _one_of("auto", "on", "off")),

@@ -39,7 +39,8 @@ log = logging.getLogger("repro.resume")
 
 # Keys that do not change what a run computes, so they stay out of its identity hash.
 _NOT_IDENTITY = ("resume", "runs_dir", "logger")
-_NOT_IDENTITY_TRAIN = ("device", "threads")
+# The divergence rule and the preemption signals say when a run stops, not what it computes up to then.
+_NOT_IDENTITY_TRAIN = ("device", "threads", "diverge_factor", "diverge_logs", "preempt_signals")
 _NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differs between machines
 
 # Keys that joined the schema after runs were recorded, with the value those runs ran with. A recorded

@@ -22,7 +22,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,8 @@ from repro.models import build_model
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, peak_lr
 from repro.runs import files, rundir, wandb_mirror
-from repro.stacked import mapgrid
+from repro.runs.divergence import DivergenceRule
+from repro.runs.preempt import Preemption
 
 log = logging.getLogger("repro.stacked")
 EPS, MOMENTUM = 1e-5, 0.1  # nn.BatchNorm1d defaults, as repro.models.mlp uses them
@@ -215,6 +215,9 @@ class Member:
         self.net = build_model(cfg.model, 1, 10, 28).to(device)
         self.ckpt = None if self.run_dir is None or self.finished else rundir.load_checkpoint(self.run_dir)
         self.lock = self.log = self.wandb_id = None
+        self.divergence = DivergenceRule(cfg.train.diverge_factor, cfg.train.diverge_logs)  # as repro.train
+        if self.ckpt is not None and "divergence" in self.ckpt:
+            self.divergence.load_state_dict(self.ckpt["divergence"])
 
     def start(self, env: dict) -> None:
         if self.ckpt is not None:
@@ -230,7 +233,7 @@ class Member:
                                     wandb_mirror.start(self.run_dir, self.cfg, self.wandb_id))
         self.wall0, self.resumes = (ck["wall"], ck.get("resumes", []) + [ck["step"]]) if ck else (0.0, [])
 
-    def finish(self, steps: int, wall: float) -> dict:
+    def finish(self, steps: int, wall: float, signal: str | None = None) -> dict:
         history = files.read_jsonl(self.log.path)
         accs = [r["test_acc"] for r in history if "test_acc" in r]
         cfg, done = self.cfg, self.status == "complete"
@@ -242,8 +245,13 @@ class Member:
             "global_batch": cfg.train.batch_size, "wall_s": round(self.wall0 + wall, 2), "data": self.describe,
             "resumed_from": self.resumes, "wandb_id": self.wandb_id, "stacked": True,
         }
+        if self.status == "diverged":
+            summary["diverged_why"] = self.divergence.why
+        if self.status == "preempted":
+            summary |= {"preempted_at": steps, "preempted_by": signal,
+                        "note": f"preempted at step {steps} by {signal}: resume=auto continues it"}
         files.write_json(self.run_dir / "summary.json", summary)
-        self.log.close(summary)
+        self.log.close(summary, failed=self.status == "preempted")
         rundir.release(self.lock)
         return summary
 
@@ -258,7 +266,7 @@ def _checkpoint(stack: Stack, members: list[Member], stream, step: int, wall: fl
             "model": stack.state_dict(j, mb.cfg.model.norm), "optimizer": optimizer.state_dict(),
             "data": stream.state_dict(), "rng": rng, "step": step, "wall": mb.wall0 + wall,
             "wandb_id": mb.wandb_id, "losses": [window[:, j].clone()], "identity": rundir.run_identity(mb.cfg, mb.facts),
-            "data_identity": mb.describe, "resumes": mb.resumes})
+            "data_identity": mb.describe, "resumes": mb.resumes, "divergence": mb.divergence.state_dict()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +294,8 @@ def _stack_of(seed: int, members: list[Member], splits, t, env: dict) -> dict:
 
 
 def run(overrides: list[str]) -> list[dict]:
-    """Train every member the overrides' product names, one stack per seed; return their summaries."""
+    """Train every member the overrides' product names, one stack per seed; return their summaries (a
+    preemption signal stops every stack at the next step boundary, checkpointed: status "preempted")."""
     cfgs = [compose(o) for o in expand(overrides)]
     for c in cfgs:
         _check_member(c)
@@ -309,7 +318,8 @@ def run(overrides: list[str]) -> list[dict]:
     try:
         stacks = [_stack_of(seed, ms, splits, t, env) for seed, ms in sorted(by_seed.items())]
         if stacks:
-            summaries += _train(stacks, splits, t)
+            with Preemption(t.preempt_signals) as preemption:
+                summaries += _train(stacks, splits, t, preemption)
     finally:  # an error or Ctrl-C leaves no lock behind (and no wandb run open); checkpoints are the resume points
         for ms in by_seed.values():
             for m in ms:
@@ -319,7 +329,7 @@ def run(overrides: list[str]) -> list[dict]:
     return summaries
 
 
-def _train(stacks: list[dict], splits, t) -> list[dict]:
+def _train(stacks: list[dict], splits, t, preemption: Preemption) -> list[dict]:
     """Step every stack in turn, logging, evaluating, probing and checkpointing as repro.train does."""
     summaries, t0 = [], time.perf_counter()
     x_test, y_test = splits.x_test.flatten(1), splits.y_test
@@ -355,14 +365,17 @@ def _train(stacks: list[dict], splits, t) -> list[dict]:
             if not (done % t.log_every and done % t.eval_every and done != t.steps):
                 w = st["window"][: (done - 1) % t.log_every + 1]
                 for j, m in enumerate(st["members"]):
-                    bad = ~torch.isfinite(w[:, j])
-                    if m.status == "running" and bad.any():  # §4.2.2's "machine infinity": as repro.train
-                        m.status, m.diverged_at = "diverged", done - len(w) + int(bad.nonzero()[0]) + 1
+                    if m.status != "running":
+                        continue
+                    if (bad := m.divergence.check(w[:, j], done)) is not None:  # as repro.train's rule
+                        m.status, m.diverged_at = "diverged", bad
                         summaries.append(m.finish(m.diverged_at, time.perf_counter() - t0))
                         st["stack"].silence(j)
                 observe(st, done, w.mean(0))
             if t.checkpoint_every and done % t.checkpoint_every == 0 and done != t.steps:
                 _checkpoint(st["stack"], st["members"], st["stream"], done, time.perf_counter() - t0, st["window"])
+        if preemption.signum is not None and done != t.steps:  # every stack stops here, checkpointed
+            return summaries + _preempted(stacks, done, time.perf_counter() - t0, preemption.name)
     for st in stacks:
         _checkpoint(st["stack"], st["members"], st["stream"], t.steps, time.perf_counter() - t0, st["window"])
         for m in st["members"]:
@@ -372,25 +385,19 @@ def _train(stacks: list[dict], splits, t) -> list[dict]:
     return summaries
 
 
+def _preempted(stacks: list[dict], done: int, wall: float, signal: str) -> list[dict]:
+    """Checkpoint every stack where it stands (a stack that has not reached its start keeps its checkpoint)
+    and record its running members as preempted."""
+    out = []
+    for st in stacks:
+        at = max(done, st["start"])
+        if at == done:
+            _checkpoint(st["stack"], st["members"], st["stream"], at, wall, st["window"])
+        for m in st["members"]:
+            if m.status == "running":
+                m.status = "preempted"
+                out.append(m.finish(at, wall, signal))
+    return out
+
+
 _ORDER = ("step", "lr", "wall", "loss", "test_acc", "test_loss", "probe")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m repro.stacked OVERRIDES`, or `--map LEDGER [OVERRIDES]` for the whole map."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--map"]:
-        if len(args) < 2 or not Path(args[1]).is_file():
-            print(f"error: --map needs the map's ledger, e.g. results/fig1/map/claims.yaml "
-                  f"(got {args[1] if len(args) > 1 else 'nothing'})", file=sys.stderr)
-            return 2
-        return mapgrid.run_map(Path(args[1]), args[2:])
-    try:
-        t0 = time.perf_counter()
-        summaries = run(args)
-    except ReproError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bad = [s for s in summaries if s["status"] != "complete"]
-    log.info("%d runs in %.1f s (%d diverged)", len(summaries), time.perf_counter() - t0, len(bad))
-    return 0
