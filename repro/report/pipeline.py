@@ -54,6 +54,8 @@ def render(data_dir: Path, out: Path) -> Path:
     meta = json.loads((Path(data_dir) / "meta.json").read_text())
     previous = Path(data_dir) / "previous_verdicts.yaml"  # committed commentary, not part of the ledger
     meta["previous"] = yaml.safe_load(previous.read_text()) if previous.exists() else None
+    notes = Path(data_dir) / "notes.yaml"  # committed commentary a later change adds (the map's divergence rule)
+    meta["notes"] = yaml.safe_load(notes.read_text()) if notes.exists() else {}
     module = importlib.import_module(f"repro.report.{meta['figure']}")
     text = module.render(read_long(Path(data_dir) / "runs.csv"), meta, load_ledger(Path(meta["claims"])), Path(out))
     write_text(Path(out) / "report.md", text)
