@@ -32,7 +32,7 @@ from repro.config import CONF_DIR, Config, TrainConfig, register_configs, to_con
 from repro.data import loaders
 from repro.data.training import Data
 from repro.errors import ReproError, failed
-from repro.models import build_model  # also registers the paper's networks with timm
+from repro.models import build_model, create_model_args  # also registers the paper's networks with timm
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
 from repro.runs import dist, files, progress, rundir, wandb_mirror
@@ -340,6 +340,9 @@ def _summarize(cfg: Config, record: Record, data: Data, status: str, stopped_at:
         }
         if status == "diverged":
             summary["diverged_why"] = record.divergence.why
+        if status == "complete":  # the final weights as timm loads them (docs/reference.md)
+            summary["weights"] = rundir.export_weights(run_dir, record.net.state_dict(), create_model_args(
+                cfg.model, data.in_chans, data.num_classes, data.img_size))
         if status == "preempted":
             summary |= {"steps": stopped_at, "preempted_at": stopped_at, "preempted_by": signal,
                         "note": f"preempted at step {stopped_at} by {signal}: resume=auto continues it"}

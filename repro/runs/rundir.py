@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import pickle
 import platform
 import random
 import subprocess
@@ -261,28 +262,55 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     write_via_temporary(run_dir / "ckpt.pt", lambda tmp: torch.save(state, tmp))
 
 
+WEIGHTS = "model.safetensors"
+
+
+def export_weights(run_dir: Path, model_state: dict, create_model: dict) -> dict:
+    """The final network as timm loads it: `timm.create_model(**create_model, checkpoint_path=<file>)`
+    (or pretrained_cfg_overlay=dict(file=<file>)); returned for summary.json."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    write_via_temporary(run_dir / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    return {"file": str(run_dir / WEIGHTS), "create_model": create_model}
+
+
 def load_checkpoint(run_dir: Path) -> dict | None:
     path = run_dir / "ckpt.pt"
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:  # tensors, lists and numbers only: torch.load's default, as any user loads it (issue 19)
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # written before issue 19: NumPy's RNG state was a pickled array
+            with torch.serialization.safe_globals(_OLD_NUMPY_GLOBALS):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip/pickle
         raise ReproError(
             f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}): delete it to "
             f"restart that run, or pass resume=never to start a new run beside it") from e
 
 
+# What a checkpoint written before issue 19 needs beyond tensors: NumPy's RNG state, a pickled array.
+_OLD_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def rng_state() -> dict:
-    """This process's RNG states (torch, Python, NumPy, CUDA), as a checkpoint keeps them for an exact resume."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    """This process's RNG states (torch, Python, NumPy, CUDA), as a checkpoint keeps them for an exact resume:
+    tensors, tuples and numbers only, so the checkpoint loads under torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+                        if isinstance(n, dict) else n)
     if s["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
