@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from repro.config.names import DATASETS, FOLDER_DATASETS, SOURCES
+from repro.config.schema import CONF_DIR
 from repro.errors import ReproError
 
 # ----------------------------------------------------------------------------------------------
@@ -33,7 +38,7 @@ def _at_least(lo) -> tuple[Callable, str]:
 
 
 def _above(lo) -> tuple[Callable, str]:
-    return (lambda v, c: v > lo), f"> {lo}"
+    return (lambda v, c: v > lo and math.isfinite(v)), f"finite and > {lo}"  # optim.lr=inf is no rate
 
 
 def _optional(test: tuple[Callable, str]) -> tuple[Callable, str]:
@@ -49,8 +54,21 @@ def _signal(name: str) -> bool:
 _POSITIVE, _NON_NEGATIVE = _at_least(1), _at_least(0)
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
+def _experiment_family(experiment: str) -> str | None:
+    """The family an experiment file selects (`override /family: X` in conf/experiment/<name>.yaml)."""
+    path = Path(CONF_DIR) / "experiment" / f"{experiment}.yaml"
+    try:
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+    except (OSError, yaml.YAMLError):
+        return None
+    return next((d["override /family"] for d in defaults if isinstance(d, dict) and "override /family" in d), None)
+
+
 RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("seed", _NON_NEGATIVE),
+    ("family", ((lambda v, c: _experiment_family(c.experiment) in (None, v)),
+                "the family its experiment's file selects (leave family= out; experiment=fig1_bn family=imagenet "
+                "would train an Inception under the name fig1_bn)")),
     ("resume", _one_of("never", "auto")),
     ("runs_dir", ((lambda v, c: bool(v)), "a directory")),
     ("data.name", _one_of(*DATASETS, *FOLDER_DATASETS)),
