@@ -78,7 +78,7 @@ def run(cfg: Config) -> dict:
         if isinstance(e, KeyboardInterrupt):
             raise
         made = held["made"]
-        if made is not None and not (made / "ckpt.pt").exists():  # a failed start leaves nothing behind
+        if made is not None and not (made / "ckpt.pt").exists() and not held.get("trained"):  # failed start: nothing left
             log.info("removing %s: the run stopped before its first checkpoint", made)
             shutil.rmtree(made, ignore_errors=True)
         raise
@@ -108,6 +108,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict, 
     record.divergence = _divergence_rule(cfg, ckpt, metrics)
     with Preemption(cfg.train.preempt_signals) as preemption:
         status, stopped_at = _steps(cfg, model, step_model, optimizer, data, losses, record, start, device, preemption)
+    held["trained"] = True  # from here a failure (a full disk at the last checkpoint) keeps the metrics
     if status == "complete" or (status == "preempted" and record.saved != stopped_at):
         record.checkpoint(stopped_at)
     return _summarize(cfg, record, data, status, stopped_at, preemption.name)

@@ -37,3 +37,33 @@ def test_a_checkpoint_with_numpy_rng_pickles_still_loads_and_restores(tmp_path):
     assert np.array_equal(np.random.rand(3), expected)
     rundir.set_rng_state(state)  # and the new form
     assert np.array_equal(np.random.rand(3), expected)
+
+
+def test_a_full_disk_at_a_metrics_flush_is_one_line_and_the_way_out_still_runs(tmp_path):
+    """Issue 19: the flush's OSError escaped, and closing the log raised again before the lock was released."""
+    import errno
+
+    import pytest
+
+    from repro.errors import ReproError
+    from repro.runs import files
+
+    log = files.MetricsLog(tmp_path, None)
+
+    class Full:
+        closed = False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = write
+
+        def close(self):
+            self.closed = True
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    log._file.close()
+    log._file = Full()
+    with pytest.raises(ReproError, match="could not append to .*metrics.jsonl at step 7 .No space left.*resume=auto"):
+        log.log({"step": 7})
+    log.close(failed=True)  # no second error on the way out
