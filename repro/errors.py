@@ -27,7 +27,7 @@ class DataError(ReproError):
     """A dataset is missing, unreachable or corrupt."""
 
 
-_NOISE = ("full_key:", "object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR",
+_NOISE = ("object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR",
           "To append to your config use")  # Hydra's detail lines; its `+key` hint leads in a circle here
 
 

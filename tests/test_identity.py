@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 
+from repro.errors import ReproError
 from repro.report.runs import select_runs
 from repro.runs import rundir
 from repro.train import run
@@ -73,8 +74,8 @@ def test_names_and_identities_of_canonical_single_process_runs_are_unchanged(roo
     assert rundir.recorded_facts(legacy) == {}
     legacy["data"] = {"source": "torchvision MNIST at /x (not the canonical MNIST files: MD5s differ)", "checksum": "ab"}
     assert rundir.recorded_facts(legacy) == {"data": "not canonical, digest ab"}
-    other_run = run(_smoke(tmp_path, f"data.root={other}"))
-    assert other_run["run_dir"] != summary["run_dir"]  # never the canonical run's directory, not even to resume
+    with pytest.raises(ReproError, match="other data than this start finds"):  # same name: found, and refused
+        run(_smoke(tmp_path, f"data.root={other}", "resume=auto"))
 
 
 def test_resume_from_an_identical_copy_elsewhere(roots, tmp_path):

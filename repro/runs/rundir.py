@@ -132,9 +132,15 @@ def _hash(d: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
+# Facts that name a run directory too. What the data is stays out of the name: a start on changed files finds
+# the run and is refused with the reason (check_checkpoint), rather than silently starting beside it.
+NAME_FACTS = ("world_size",)
+
+
 def config_hash(cfg: Config, facts: dict | None = None) -> str:
-    """Names the run directory: the identity with the seed."""
-    return _hash(identity_dict(config_dict(cfg), with_seed=True, facts=facts))
+    """Names the run directory: the identity with the seed (of the facts, the world size only)."""
+    named = {k: v for k, v in (facts or {}).items() if k in NAME_FACTS}
+    return _hash(identity_dict(config_dict(cfg), with_seed=True, facts=named))
 
 
 def identity_hash(d: dict, facts: dict | None = None) -> str:
