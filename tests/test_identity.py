@@ -74,8 +74,10 @@ def test_names_and_identities_of_canonical_single_process_runs_are_unchanged(roo
     assert rundir.recorded_facts(legacy) == {}
     legacy["data"] = {"source": "torchvision MNIST at /x (not the canonical MNIST files: MD5s differ)", "checksum": "ab"}
     assert rundir.recorded_facts(legacy) == {"data": "not canonical, digest ab"}
+    cut = _smoke(tmp_path / "cut", f"data.root={copy}", "train.checkpoint_every=20", "resume=auto")
+    run_killed_after(cut, 30)
     with pytest.raises(ReproError, match="other data than this start finds"):  # same name: found, and refused
-        run(_smoke(tmp_path, f"data.root={other}", "resume=auto"))
+        run(_smoke(tmp_path / "cut", f"data.root={other}", "train.checkpoint_every=20", "resume=auto"))
 
 
 def test_resume_from_an_identical_copy_elsewhere(roots, tmp_path):
