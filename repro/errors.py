@@ -27,6 +27,24 @@ class DataError(ReproError):
     """A dataset is missing, unreachable or corrupt."""
 
 
+_NOISE = ("object_type=", "reference_type=", "Set the environment variable HYDRA_FULL_ERROR",
+          "To append to your config use")  # Hydra's detail lines; its `+key` hint leads in a circle here
+
+
+def one_line(e: BaseException) -> str:
+    """Hydra's or OmegaConf's several-line message (and its cause's) as one line: what was wrong and the
+    options where Hydra lists them."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = ", ".join(line.strip() for line in str(e).split("Config search path")[0].splitlines()
+                         if line.strip() and not line.strip().startswith(_NOISE) and "$VALUE" not in line)
+        if text and text not in parts:
+            parts.append(text.replace(":,", ":").rstrip(",").replace(".;", ";"))
+        e = e.__cause__ or e.__context__
+    return "; ".join(parts)
+
+
 class SweepFailures(Callback):
     """A `-m` sweep goes on past a job that fails (main records the error in that job's directory);
     at the end it lists the failures and exits 1 (registered as hydra.callbacks in conf/config.yaml)."""

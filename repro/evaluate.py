@@ -17,6 +17,7 @@ evaluates `dist.shard(N)`, so every test image is counted exactly once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -313,6 +314,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """CLI: evaluate, print the table on rank 0, write --out; `error: ...` and exit 2 on bad input."""
     args = parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"error: --device {args.device} but no CUDA GPU is visible: use --device cpu (or auto)", file=sys.stderr)
+        return 2
+    if args.out is not None and (problem := _unwritable(args.out)):  # before the work, not after the table
+        print(f"error: cannot write --out {args.out} ({problem}): pass a writable path", file=sys.stderr)
+        return 2
     device = dist.setup(args.device)
     main_rank = dist.is_main()  # asked before teardown, after which every process reads as rank 0
     try:
@@ -330,9 +337,21 @@ def main(argv: list[str] | None = None) -> int:
     if main_rank:
         print(format_table(result))
         if args.out is not None:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            files.write_json(args.out, result)
+            try:
+                files.write_json(args.out, result)
+            except ReproError as e:  # the disk filled meanwhile: the table above is the result
+                print(f"error: {e}", file=sys.stderr)
+                return 2
     return 0
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why `out` cannot be written (its folder made if missing), or None."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return e.strerror
+    return None if os.access(out.parent, os.W_OK) else f"{out.parent} is not writable"
 
 
 if __name__ == "__main__":

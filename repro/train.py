@@ -29,45 +29,20 @@ from omegaconf import DictConfig
 from torch import nn
 
 from repro.config import CONF_DIR, Config, TrainConfig, register_configs, to_config, validate
-from repro.config.names import DATASETS
 from repro.data import loaders
-from repro.data.mnist import load_splits
+from repro.data.training import Data
 from repro.errors import ReproError, failed
-from repro.models import build_model  # also registers the paper's networks with timm
+from repro.models import build_model, create_model_args  # also registers the paper's networks with timm
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
 from repro.runs import dist, files, progress, rundir, wandb_mirror
+from repro.runs.divergence import DivergenceRule
+from repro.runs.preempt import Preemption, hand_over
 
 log = logging.getLogger("repro.train")
 
 # ----------------------------------------------------------------------------------------------
 # Components
-
-
-class Data:
-    """Training stream, exact-once evaluation batches and what the run records about the data."""
-
-    def __init__(self, cfg: Config, device: torch.device):
-        d, t = cfg.data, cfg.train
-        if d.name in DATASETS:
-            splits = load_splits(d)
-            x_test, self.y_test = splits.x_test.to(device), splits.y_test.to(device)
-            self.stream = loaders.InMemoryStream(splits.x_train.to(device), splits.y_train.to(device),
-                                                 t.batch_size, cfg.seed, d)
-            self.eval_batches = lambda: loaders.tensor_eval_batches(x_test, self.y_test, t.eval_batch_size)
-            self.probe_x = x_test[: t.probe_batch]
-            self.describe, self.num_classes, shape = splits.describe(), splits.num_classes, splits.x_train.shape
-            self.n_test, self.in_chans, self.img_size = len(self.y_test), shape[1], shape[-1]
-        else:
-            train, val = loaders.folder_datasets(d)
-            self.stream = loaders.LoaderStream(train, t.batch_size, cfg.seed, d.workers, device, d.skip_corrupt)
-            self.eval_batches = lambda: loaders.loader_eval_batches(val, t.eval_batch_size, d.workers, device)
-            self.probe_x = None
-            self.n_test, self.num_classes = len(val), len(train.classes)
-            self.in_chans, self.img_size = 3, d.image_size
-            self.describe = loaders.folder_describe(d, train, val)
-            log.info("%s from %s: %d train / %d test images", d.name, self.describe["source"],
-                     self.describe["n_train"], self.describe["n_test"])  # in-memory datasets log theirs in repro.data
 
 
 class Interrupted(KeyboardInterrupt):
@@ -84,7 +59,10 @@ def run(cfg: Config) -> dict:
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ReproError(f"train.device={cfg.train.device} but no CUDA GPU is visible: use train.device=cpu")
     device = dist.setup(cfg.train.device)
-    run_dir, finished = rundir.claim(cfg)
+    _seed_and_backends(cfg, device)
+    data = Data(cfg, device)  # before the claim: what the data is joins the run's identity (run_facts)
+    facts = rundir.run_facts(dist.world_size(), data.describe)
+    run_dir, finished = rundir.claim(cfg, facts)
     if finished:
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
@@ -93,14 +71,14 @@ def run(cfg: Config) -> dict:
     try:
         if run_dir is not None and dist.is_main():
             held["lock"] = rundir.hold(run_dir)
-        return _train(cfg, device, run_dir, held)
+        return _train(cfg, device, run_dir, held, data, facts)
     except (ReproError, KeyboardInterrupt) as e:
         if held["log"] is not None:  # the console gets it from main(); the run's train.log gets it here
             held["log"].write(f"error: {e or 'interrupted'}", logging.ERROR)
         if isinstance(e, KeyboardInterrupt):
             raise
         made = held["made"]
-        if made is not None and not (made / "ckpt.pt").exists():  # a failed start leaves nothing behind
+        if made is not None and not (made / "ckpt.pt").exists() and not held.get("trained"):  # failed start: nothing left
             log.info("removing %s: the run stopped before its first checkpoint", made)
             shutil.rmtree(made, ignore_errors=True)
         raise
@@ -112,11 +90,9 @@ def run(cfg: Config) -> dict:
             held["log"].close()
 
 
-def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) -> dict:
-    """The paper's loop: set up (seeds, data, network, optimizer; a checkpoint's state when resuming),
-    open the run's record, then step, evaluating and recording on the way, and sum the run up."""
-    _seed_and_backends(cfg, device)
-    data = Data(cfg, device)
+def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict, data: Data, facts: dict) -> dict:
+    """The paper's loop: set up (network, optimizer; a checkpoint's state when resuming), open the run's
+    record, then step, evaluating and recording on the way, and sum the run up."""
     net, optimizer, probe = _build(cfg, data, device)
     losses = torch.zeros(cfg.train.log_every, device=device)  # per-step losses, read once per window
     ckpt, start, wall0, wandb_id, resumes = _resume(cfg, run_dir, net, optimizer, data, losses)
@@ -129,10 +105,24 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict) 
 
     record = Record(cfg, run_dir, net, optimizer, data, losses, probe, metrics, held["log"],
                     start, ckpt is not None, wall0, wandb_id, resumes)
-    status, diverged_at = _steps(cfg, model, step_model, optimizer, data, losses, record, start, device)
-    if status == "complete":
-        record.checkpoint(cfg.train.steps)
-    return _summarize(cfg, record, data, status, diverged_at)
+    record.divergence = _divergence_rule(cfg, ckpt, metrics)
+    with Preemption(cfg.train.preempt_signals) as preemption:
+        status, stopped_at = _steps(cfg, model, step_model, optimizer, data, losses, record, start, device, preemption)
+    held["trained"] = True  # from here a failure (a full disk at the last checkpoint) keeps the metrics
+    if status == "complete" or (status == "preempted" and record.saved != stopped_at):
+        record.checkpoint(stopped_at)
+    return _summarize(cfg, record, data, status, stopped_at, preemption.name)
+
+
+def _divergence_rule(cfg: Config, ckpt: dict | None, metrics) -> DivergenceRule:
+    """The rule as the checkpoint left it; a checkpoint from before the rule takes its first logged loss."""
+    rule = DivergenceRule(cfg.train.diverge_factor, cfg.train.diverge_logs)
+    if ckpt is not None and "divergence" in ckpt:
+        rule.load_state_dict(ckpt["divergence"])
+    elif ckpt is not None:
+        first = next((r["loss"] for r in files.read_jsonl(metrics.path) if "loss" in r), None) if metrics else None
+        rule.initial = dist.broadcast_object(first)
+    return rule
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,7 +168,7 @@ def _resume(cfg: Config, run_dir: Path | None, net: nn.Module, optimizer, data: 
     if ckpt is None:
         return None, 0, 0.0, None, []
     path = run_dir / "ckpt.pt"
-    rundir.check_checkpoint(ckpt, path, cfg, data.describe)
+    rundir.check_checkpoint(ckpt, path, cfg, data.describe, world_size=dist.world_size())
     try:
         net.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -204,7 +194,7 @@ def _open_run_dir(cfg: Config, device: torch.device, run_dir: Path | None, held:
     metrics = None
     if dist.is_main():
         if run_dir is None:
-            run_dir = held["made"] = rundir.new_run_dir(cfg)
+            run_dir = held["made"] = rundir.new_run_dir(cfg, rundir.run_facts(dist.world_size(), data.describe))
             held["lock"] = rundir.acquire(run_dir)
         env = rundir.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
         rundir.write_run_header(run_dir, cfg, env)
@@ -218,14 +208,15 @@ def _open_run_dir(cfg: Config, device: torch.device, run_dir: Path | None, held:
 
 
 def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, losses: torch.Tensor, record: Record,
-           start: int, device: torch.device) -> tuple[str, int | None]:
-    """SGD steps from `start` to the end, recording at log, eval and checkpoint steps: (status, diverged_at)."""
+           start: int, device: torch.device, preemption: Preemption) -> tuple[str, int]:
+    """SGD steps from `start` to the end, recording at log, eval and checkpoint steps, until the end, a
+    divergence or a preemption signal: (complete | diverged | preempted, the step it stopped at)."""
     t_cfg = cfg.train
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if t_cfg.amp else contextlib.nullcontext
     if start == 0:
         record.observe(0, None)
     constant_lr = cfg.optim.schedule == "constant"
-    status, diverged_at = "complete", None
+    status, stopped_at = "complete", t_cfg.steps
     model.train()
     step = start
     try:
@@ -246,13 +237,15 @@ def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, los
             if not (done % t_cfg.log_every and done % t_cfg.eval_every and done != t_cfg.steps
                     and done not in record.dense_evals):
                 window = dist.all_reduce_sum(losses[: (done - 1) % t_cfg.log_every + 1].clone()).cpu() / dist.world_size()
-                if not torch.isfinite(window).all():  # the paper's "machine infinity" (§4.2.2, x5 without BN)
-                    first_bad = int((~torch.isfinite(window)).nonzero()[0]) + 1
-                    status, diverged_at = "diverged", done - len(window) + first_bad
+                if (bad := record.divergence.check(window, done)) is not None:  # §4.2.2's "machine infinity", or beyond
+                    status, stopped_at = "diverged", bad
                     break
                 record.observe(done, window.mean().item())
             if t_cfg.checkpoint_every and done % t_cfg.checkpoint_every == 0 and done != t_cfg.steps:
                 record.checkpoint(done)  # on its own schedule, logging step or not (the loss window is saved too)
+            if preemption.requested(device) and done != t_cfg.steps:  # SLURM / torchrun: save and stop here
+                status, stopped_at = "preempted", done
+                break
     except KeyboardInterrupt:
         run_dir, saved = record.run_dir, record.saved
         where = (f"{run_dir / 'ckpt.pt'} holds step {saved}: rerun the same command with resume=auto to "
@@ -262,7 +255,7 @@ def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, los
         raise Interrupted(f"interrupted at step {step}; {where}") from None
     finally:
         record.shown.close()
-    return status, diverged_at
+    return status, stopped_at
 
 
 # ----------------------------------------------------------------------------------------------
@@ -292,6 +285,7 @@ class Record:
         self.shown = progress.Progress(run_dir.name, t_cfg.steps, start, cfg.logger.progress,
                                        cfg.logger.progress_every_s, run_log)
         self.dense_evals = dense_eval_steps(t_cfg)
+        self.divergence = DivergenceRule(t_cfg.diverge_factor, t_cfg.diverge_logs)
         self.t0 = time.perf_counter()
 
     def wall(self) -> float:
@@ -320,13 +314,16 @@ class Record:
             rundir.save_checkpoint(self.run_dir, {
                 "model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "data": self.data.stream.state_dict(), "rng": rngs, "step": step, "wall": self.wall(),
-                "wandb_id": self.wandb_id, "losses": windows, "identity": rundir.run_identity(self.cfg),
-                "data_identity": self.data.describe, "resumes": self.resumes})
+                "wandb_id": self.wandb_id, "losses": windows, "identity": rundir.run_identity(self.cfg, rundir.run_facts(dist.world_size(), self.data.describe)),
+                "data_identity": self.data.describe, "resumes": self.resumes,
+                "divergence": self.divergence.state_dict()})
         self.saved = step
 
 
-def _summarize(cfg: Config, record: Record, data: Data, status: str, diverged_at: int | None) -> dict | None:
-    """summary.json (rank 0): the run's final and best test accuracy, status, steps and cost; every rank gets it."""
+def _summarize(cfg: Config, record: Record, data: Data, status: str, stopped_at: int, signal: str | None) -> dict | None:
+    """summary.json (rank 0): the run's final and best test accuracy, status, steps and cost; every rank gets it.
+    A preempted run's says so (`preempted at step s`); its next start with resume=auto continues it."""
+    diverged_at = stopped_at if status == "diverged" else None
     summary = None
     if dist.is_main():
         t_cfg, run_dir, metrics = cfg.train, record.run_dir, record.metrics
@@ -342,10 +339,18 @@ def _summarize(cfg: Config, record: Record, data: Data, status: str, diverged_at
             "wall_s": round(wall, 2), "data": data.describe, "resumed_from": record.resumes,
             "wandb_id": record.wandb_id,
         }
+        if status == "diverged":
+            summary["diverged_why"] = record.divergence.why
+        if status == "complete":  # the final weights as timm loads them (docs/reference.md)
+            summary["weights"] = rundir.export_weights(run_dir, record.net.state_dict(), create_model_args(
+                cfg.model, data.in_chans, data.num_classes, data.img_size))
+        if status == "preempted":
+            summary |= {"steps": stopped_at, "preempted_at": stopped_at, "preempted_by": signal,
+                        "note": f"preempted at step {stopped_at} by {signal}: resume=auto continues it"}
         if isinstance(data.stream, loaders.LoaderStream) and data.stream.dataset.skipped.value:
             summary["skipped_corrupt"] = data.stream.dataset.skipped.value  # data.skip_corrupt=true
         files.write_json(run_dir / "summary.json", summary)
-        metrics.close(summary)
+        metrics.close(summary, failed=status == "preempted")
         log.info("%s: %s, test accuracy %s after %d steps (%.1f s)", run_dir.name, status,
                  summary["final_test_acc"], summary["steps"], wall)
     return dist.broadcast_object(summary)
@@ -375,9 +380,14 @@ def main(dcfg: DictConfig) -> None:
         return failed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1)
     finally:
         dist.teardown()
+    if summary["status"] == "preempted":  # one line, then the launcher's own handler (submitit requeues) or exit 75
+        again = "" if cfg.resume == "auto" else " with resume=auto"
+        print(f"preempted at step {summary['preempted_at']} by {summary['preempted_by']}: checkpoint in "
+              f"{summary['run_dir']}; the same command{again} continues it", file=sys.stderr)
+        hand_over(summary["preempted_by"])
     if summary["status"] == "diverged":
         fix = "lower optim.lr" if cfg.model.norm != "none" else "lower optim.lr or add BN (model.norm=bn)"
-        msg = (f"error: loss became NaN/inf at step {summary['diverged_at']} ({summary['experiment']}, "
+        msg = (f"error: {summary['diverged_why']} at step {summary['diverged_at']} ({summary['experiment']}, "
                f"lr {summary['lr_peak']}): the run diverged; {fix}. Its files are kept in {summary['run_dir']}")
         print(msg, file=sys.stderr)
         if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep records divergence and goes on

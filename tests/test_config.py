@@ -100,3 +100,21 @@ def test_the_recorded_data_choice_is_the_data_that_runs(scale):
             cfg = compose("config", [f"experiment={experiment}", f"scale={scale}"], return_hydra_config=True)
         assert cfg.hydra.runtime.choices.data == cfg.data.name
         assert cfg.data.binarize == experiment.startswith("fig1")
+
+
+def test_a_choice_outside_its_options_fails_when_hydra_composes(tmp_path):
+    """Issue 19: choices are StrEnums in the schema, so `--cfg job` (and every job of a sweep) fails before
+    anything runs; their values are the same strings in config.yaml and the identity as before."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = subprocess.run([sys.executable, "-m", "repro.train", "--cfg", "job", "logger.wandb.mode=ofline"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode != 0 and "expected one of [offline, online, disabled]" in out.stderr
+    from repro.config import compose
+    from repro.runs import rundir
+
+    d = rundir.config_dict(compose(["optim.name=adam", "logger.progress=off"]))
+    assert d["optim"]["name"] == "adam" and type(d["optim"]["name"]) is str and type(d["logger"]["progress"]) is str

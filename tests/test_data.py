@@ -94,8 +94,10 @@ def test_limits_and_describe_is_json(mnist5k):
     assert len(s.y_train.unique()) > 5  # split is shuffled, so a prefix still mixes classes
     d = json.loads(json.dumps(s.describe()))
     assert d == {"dataset": "mnist", "source": s.source, "n_train": 64, "n_test": 32,
-                 "image_shape": [1, 28, 28], "binarized": False, "checksum": s.checksum}  # fmt: skip
+                 "image_shape": [1, 28, 28], "binarized": False, "checksum": s.checksum,
+                 "digest": mnist5k.digest, "canonical": True, "path": d["path"]}  # fmt: skip
     assert len(s.checksum) == 40 and s.checksum != mnist5k.checksum  # the data's identity: other images, other sum
+    assert d["path"] not in s.source  # a copy elsewhere is the same data (issue 19)
 
 
 def test_stratified_split_uneven_classes():
@@ -116,14 +118,15 @@ def test_auto_never_falls_back_to_the_subset(tmp_path, monkeypatch):
 
 def test_a_given_root_is_honoured_or_refused(tmp_path):
     """Weak spot: a data.root that was given and holds no MNIST (or misses a file) is an error, not a
-    silent fall back to the 5k subset: repro.config.validate records a given root as data.source=torchvision."""
+    silent fall back to the 5k subset (auto never takes it for MNIST). The root stays data.source=auto, so a run
+    on canonical files under any root has the recipe's identity (issue 19)."""
     from tests.conftest import compose_config
 
     paths = _write_idx_dir(tmp_path / "MNIST" / "raw")
     paths["t10k-labels-idx1-ubyte"].unlink()
     cfg = compose_config(["experiment=fig1_bn", f"data.root={tmp_path}", "data.download=false"]).data
-    assert cfg.source == "torchvision"
-    with pytest.raises(DataError, match="t10k-labels.*leave data.root and data.source out"):
+    assert cfg.source == "auto"
+    with pytest.raises(DataError, match=f"t10k-labels.*get_data --root {tmp_path}"):
         load_splits(cfg)
     assert compose_config(["experiment=fig1_bn"]).data.source == "auto"
 
@@ -156,6 +159,7 @@ def test_torchvision_layout_uncompressed(tmp_path, name):
     assert (len(s.y_train), len(s.y_test)) == (20, 10) and s.source.startswith("torchvision")
     if name == "mnist":  # stand-in files are not MNIST, and the source says so
         assert "not the canonical MNIST files" in s.source
+    assert not s.canonical and s.describe()["canonical"] is False and str(tmp_path) not in s.source
     if name == "mnist":  # auto prefers full local MNIST over the 5k subset
         assert load_splits(Cfg(source="auto", root=str(tmp_path))).source.startswith("torchvision")
 

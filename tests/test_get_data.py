@@ -53,6 +53,28 @@ def test_refuses_a_checksum_mismatch_and_installs_nothing(tmp_path, monkeypatch,
     assert not (root / "MNIST" / "raw").exists()
 
 
+def test_a_full_disk_leaves_neither_temporaries_nor_part_of_the_files(tmp_path, monkeypatch, capsys):
+    """Issue 19: a full disk (or a read-only root) mid-install left a 13 MB temporary and 2 of 4 files."""
+    import errno
+    from pathlib import Path
+
+    src, sums = _archive(tmp_path / "scratch")
+    monkeypatch.setattr(get_data, "MD5", sums)
+    writes, real = [], Path.write_bytes
+
+    def filling(self, data):
+        writes.append(self.name)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", filling)
+    assert get_data.main(["--root", str(tmp_path / "data"), "--from", str(tmp_path / "scratch")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "No space left on device" in err and "MiB free" in err
+    assert list((tmp_path / "data" / "MNIST" / "raw").iterdir()) == []
+
+
 def test_refuses_a_missing_file(tmp_path, monkeypatch, capsys):
     src, sums = _archive(tmp_path / "scratch")
     monkeypatch.setattr(get_data, "MD5", sums)

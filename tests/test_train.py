@@ -84,7 +84,20 @@ def test_nan_loss_is_recorded_as_divergence(smoke):
     summary = run(smoke("experiment=fig1_baseline", "model.act=relu", "optim.lr=1e6", "model.init_std=1.0"))
     assert summary["status"] == "diverged" and 0 < summary["diverged_at"] <= 300
     saved = json.loads((rundir.Path(summary["run_dir"]) / "summary.json").read_text())
-    assert saved["status"] == "diverged"
+    assert saved["status"] == "diverged" and "NaN/inf" in saved["diverged_why"]
+
+
+def test_an_exploding_finite_loss_is_recorded_as_divergence(smoke):
+    """Issue 19: lr=1000 never overflows (loss ~1e4, accuracy near chance) yet ended "complete". The rule:
+    the logged loss above train.diverge_factor x the first step's for train.diverge_logs consecutive logs."""
+    args = ("experiment=fig1_baseline", "optim.lr=1000", "train.log_every=10")
+    summary = run(smoke(*args))
+    assert summary["status"] == "diverged" and summary["diverged_at"] % 10 == 0 and summary["final_test_acc"] is None
+    assert "above 10 x its first-step value" in summary["diverged_why"]
+    losses = [r["loss"] for r in files.read_jsonl(rundir.Path(summary["run_dir"]) / "metrics.jsonl") if "loss" in r]
+    assert min(losses[-2:]) > 10 * 2.0  # the two logged windows before the third that stopped it
+    # factor 0: NaN/inf only, as before issue 19: the same run goes to its end
+    assert run(smoke(*args, "train.diverge_factor=0", "resume=never"))["status"] == "complete"
 
 
 def _cli(*args, tmp_path):

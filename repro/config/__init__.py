@@ -33,12 +33,21 @@ def to_config(cfg: Any) -> Config:
 
 
 def compose(overrides: list[str]) -> Config:
-    """The typed Config that `python -m repro.train OVERRIDES` runs, for scripts and tests."""
+    """The typed Config that `python -m repro.train OVERRIDES` runs, for scripts and tests; what Hydra
+    refuses (an unknown experiment or key, a choice outside its options) is a one-line ReproError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from repro.errors import ReproError, one_line
 
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return to_config(hydra_compose(config_name="config", overrides=overrides))
+        try:
+            composed = hydra_compose(config_name="config", overrides=overrides)
+        except (HydraException, OmegaConfBaseException) as e:
+            raise ReproError(one_line(e)) from e
+        return to_config(composed)

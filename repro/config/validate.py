@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
+import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from repro.config.names import DATASETS, FOLDER_DATASETS, SOURCES
-from repro.config.schema import DataConfig
+from repro.config.schema import CONF_DIR
 from repro.errors import ReproError
 
 # ----------------------------------------------------------------------------------------------
@@ -33,18 +38,37 @@ def _at_least(lo) -> tuple[Callable, str]:
 
 
 def _above(lo) -> tuple[Callable, str]:
-    return (lambda v, c: v > lo), f"> {lo}"
+    return (lambda v, c: v > lo and math.isfinite(v)), f"finite and > {lo}"  # optim.lr=inf is no rate
 
 
 def _optional(test: tuple[Callable, str]) -> tuple[Callable, str]:
     return (lambda v, c: v is None or test[0](v, c)), f"null or {test[1]}"
 
 
+def _signal(name: str) -> bool:
+    name = str(name).upper()
+    return (name if name.startswith("SIG") else f"SIG{name}") in (set(signal.Signals.__members__) -
+                                                                  {"SIGKILL", "SIGSTOP", "SIGINT"})
+
+
 _POSITIVE, _NON_NEGATIVE = _at_least(1), _at_least(0)
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
+def _experiment_family(experiment: str) -> str | None:
+    """The family an experiment file selects (`override /family: X` in conf/experiment/<name>.yaml)."""
+    path = Path(CONF_DIR) / "experiment" / f"{experiment}.yaml"
+    try:
+        defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+    except (OSError, yaml.YAMLError):
+        return None
+    return next((d["override /family"] for d in defaults if isinstance(d, dict) and "override /family" in d), None)
+
+
 RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("seed", _NON_NEGATIVE),
+    ("family", ((lambda v, c: _experiment_family(c.experiment) in (None, v)),
+                "the family its experiment's file selects (leave family= out; experiment=fig1_bn family=imagenet "
+                "would train an Inception under the name fig1_bn)")),
     ("resume", _one_of("never", "auto")),
     ("runs_dir", ((lambda v, c: bool(v)), "a directory")),
     ("data.name", _one_of(*DATASETS, *FOLDER_DATASETS)),
@@ -94,6 +118,10 @@ RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("train.probe_batch", _POSITIVE),
     ("train.checkpoint_every", _NON_NEGATIVE),
     ("train.threads", _NON_NEGATIVE),
+    ("train.diverge_factor", ((lambda v, c: v == 0 or v > 1), "0 (NaN/inf only) or > 1")),
+    ("train.diverge_logs", _POSITIVE),
+    ("train.preempt_signals", ((lambda v, c: all(_signal(s) for s in v)),
+                               "a list of catchable signal names, e.g. [SIGTERM,SIGUSR1,SIGUSR2], or []")),
     ("train.device", ((lambda v, c: bool(_DEVICE.fullmatch(v))), "auto, cpu, cuda or cuda:N")),
     ("logger.wandb.mode", _one_of("offline", "online", "disabled")),
     ("logger.progress", _one_of("auto", "on", "off")),
@@ -158,14 +186,12 @@ def _absolute(path: str) -> str:
 
 
 def check(cfg: Any) -> Any:
-    """Raise one ReproError listing every invalid value of `cfg`; record its paths absolute, and a given
-    data.root as the source it names (never silently replaced by another source). Returns cfg."""
+    """Raise one ReproError listing every invalid value of `cfg`; record its paths absolute. Returns cfg.
+    (A given data.root stays data.source=auto: auto reads the files under it first, and what the files
+    are, not where, joins a run's identity: repro.runs.rundir.run_facts.)"""
     found = problems(cfg)
     if found:
         raise ReproError("; ".join(found))
-    d = cfg.data
-    if d.source == "auto" and d.name in DATASETS and _absolute(d.root) != _absolute(DataConfig.root):
-        d.source = "torchvision"
     for key in PATHS:
         _set(cfg, key, _absolute(_get(cfg, key)))
     return cfg

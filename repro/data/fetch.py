@@ -79,14 +79,22 @@ def install(found: dict[str, Path], raw: Path) -> None:
         got = md5(path)
         if got != MD5[name]:
             raise ChecksumError(f"{path}: MD5 {got}, not the canonical {MD5[name]} of MNIST's {name}")
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, path in found.items():
-        tmp = raw / f".{name}.tmp"
-        tmp.write_bytes(path.read_bytes())
-        if md5(tmp) != MD5[name]:  # a short write (full disk) must not leave a wrong file under the name
-            tmp.unlink()
-            raise ChecksumError(f"{tmp}: copy does not match its source; check free space in {raw}")
-        os.replace(tmp, raw / name)
+    tmps = {name: raw / f".{name}.tmp" for name in found}
+    try:  # all four copied and checked first, then renamed: never 2 of 4 files, never a temporary left
+        raw.mkdir(parents=True, exist_ok=True)
+        for name, path in found.items():
+            tmps[name].write_bytes(path.read_bytes())
+            if md5(tmps[name]) != MD5[name]:  # a short write (full disk) must not land under the name
+                raise ChecksumError(f"{tmps[name]}: copy does not match its source; check free space in {raw}")
+        for name, tmp in tmps.items():
+            os.replace(tmp, raw / name)
+    except OSError as e:
+        free = shutil.disk_usage(raw).free // 2**20 if raw.is_dir() else 0
+        raise ChecksumError(f"cannot write {raw} ({e.strerror}; {free} MiB free there, 55 MiB needed): free space "
+                            f"or pass a writable --root") from e
+    finally:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
 
 
 def pip_unpack(scratch: Path) -> None:

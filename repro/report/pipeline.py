@@ -56,6 +56,8 @@ def render(data_dir: Path, out: Path) -> Path:
     previous = Path(data_dir) / "previous_verdicts.yaml"  # committed commentary, not part of the ledger
     meta["previous"] = yaml.safe_load(previous.read_text()) if previous.exists() else None
     meta["data_dir"] = str(data_dir)  # where a report finds other committed data (Figure 4's per-image records)
+    notes = Path(data_dir) / "notes.yaml"  # committed commentary a later change adds (the map's divergence rule)
+    meta["notes"] = yaml.safe_load(notes.read_text()) if notes.exists() else {}
     module = importlib.import_module(f"repro.report.{meta['figure']}")
     (Path(out) / PLOTTED).unlink(missing_ok=True)  # the figures drawn now record their data afresh
     text = module.render(read_long(Path(data_dir) / "runs.csv"), meta, load_ledger(Path(meta["claims"])), Path(out))

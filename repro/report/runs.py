@@ -46,7 +46,12 @@ class Run:
 
     @property
     def identity(self) -> str:
-        return rundir.identity_hash(self.config)
+        return rundir.identity_hash(self.config, self.facts)
+
+    @property
+    def facts(self) -> dict:
+        """What the run was beyond its config (replicas, non-canonical data): rundir.run_facts."""
+        return rundir.recorded_facts(self.env)
 
     @property
     def last_step(self) -> int:
@@ -81,9 +86,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def differing_keys(config: dict, recipe: dict) -> list[str]:
-    """`key=run value (recipe: value)` for each identity key where a run departs from the recipe."""
-    a, b = _flat(rundir.identity_dict(config)), _flat(rundir.identity_dict(recipe))
+def differing_keys(config: dict, recipe: dict, facts: dict | None = None) -> list[str]:
+    """`key=run value (recipe: value)` for each identity key where a run departs from the recipe (a
+    recipe is run in one process on the canonical data: its facts are none)."""
+    a, b = _flat(rundir.identity_dict(config, facts=facts)), _flat(rundir.identity_dict(recipe))
     return [f"{k}={a.get(k, '(absent)')} (recipe: {b.get(k, '(absent)')})" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k)]
 
@@ -111,10 +117,10 @@ def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: t
         if seeds is not None and run.seed not in seeds:
             continue  # a seed the figure does not use (Figure 2's seeds 2-3 of BN-x30 for Figure 4)
         if run.identity != identity[run.experiment]:
-            diff = differing_keys(run.config, recipes[run.experiment])
+            diff = differing_keys(run.config, recipes[run.experiment], run.facts)
             excluded.append(f"{run.name}: settings differ from the recipe: {'; '.join(diff[:6])}"
                             + (f" and {len(diff) - 6} more" if len(diff) > 6 else ""))
-        elif run.summary is None:
+        elif run.summary is None or run.summary.get("status") == "preempted":
             excluded.append(f"{run.name}: unfinished (last recorded step {run.last_step:,})")
         else:
             key = (run.experiment, run.seed)
@@ -140,10 +146,10 @@ def recipe_problems(run_dirs: list[Path]) -> list[str]:
         if not (d / "config.yaml").exists():
             continue  # not a run directory: evaluate says so
         r = read_run(d)
-        if r.summary is None:
+        if r.summary is None or r.summary.get("status") == "preempted":
             problems.append(f"{r.name} is unfinished (last recorded step {r.last_step:,})")
             continue
-        diff = differing_keys(r.config, recipe_config(r.experiment, r.config["scale"]["name"]))
+        diff = differing_keys(r.config, recipe_config(r.experiment, r.config["scale"]["name"]), r.facts)
         if diff:
             problems.append(f"{r.name} departs from the {r.experiment} recipe: {'; '.join(diff[:4])}")
     return problems

@@ -82,6 +82,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """Elementwise maximum over ranks, in place."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def shard(n: int) -> range:
     """This rank's share of n items, each item on exactly one rank (no padding, unlike
     DistributedSampler, so distributed evaluation counts every image once)."""

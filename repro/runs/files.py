@@ -90,8 +90,12 @@ class MetricsLog:
         self.mirror = mirror
 
     def log(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as e:  # a full disk: one line; the checkpoint before it is the resume point
+            raise ReproError(f"could not append to {self.path} at step {record['step']} ({e.strerror}): free space, "
+                             f"then rerun the same command with resume=auto to continue from the last checkpoint") from e
         if self.mirror is not None:
             self.mirror.log(record)
 
@@ -99,7 +103,10 @@ class MetricsLog:
         """End the log; `failed`: the run stopped before its end (the mirror marks it so). Idempotent."""
         if self._file.closed:
             return
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:  # the flush of a full disk: said by log() already; the rest of the way out must run
+            pass
         if self.mirror is not None:
             # a failed start may have removed its directory already (repro.train.run)
             self.mirror.close(summary, read_jsonl(self.path) if self.path.exists() else [], failed)

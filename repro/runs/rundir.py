@@ -5,24 +5,24 @@ Layout of `runs/<experiment>-<scale>-s<seed>-<hash>/`:
   config.yaml   the resolved config          env.json      versions, device, git commit, data source
   metrics.jsonl one JSON record per logged step  summary.json  final numbers and status
   ckpt.pt       the last checkpoint (model, optimizer, step, RNG states, data position)
-  lock.json     held while a process writes the run (its pid and host)
+  lock.json     held (flock) while a process writes the run; names its pid and host (repro.runs.lock)
 A checkpoint carries its run's identity (the config hash, seed included) and its data's identity
 (source, image counts, a checksum of the images); a resume refuses either mismatch with one line,
 instead of continuing someone else's network or new data under the old run's name. A run directory
-is held by a lock file naming the owner's pid and host, so two starts never write one run. Local
+is held by a lock (repro.runs.lock), so two starts never write one run. Local
 files are the record (written atomically by repro.runs.files); wandb mirrors them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import hashlib
 import json
 import logging
-import os
+import pickle
 import platform
 import random
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,12 +35,14 @@ from repro.config import Config
 from repro.errors import ReproError
 from repro.runs import dist
 from repro.runs.files import atomic_write, write_json, write_via_temporary
+from repro.runs.lock import LOCK, Lock, acquire, held, release  # noqa: F401 (callers lock through this module)
 
 log = logging.getLogger("repro.resume")
 
 # Keys that do not change what a run computes, so they stay out of its identity hash.
 _NOT_IDENTITY = ("resume", "runs_dir", "logger")
-_NOT_IDENTITY_TRAIN = ("device", "threads")
+# The divergence rule and the preemption signals say when a run stops, not what it computes up to then.
+_NOT_IDENTITY_TRAIN = ("device", "threads", "diverge_factor", "diverge_logs", "preempt_signals")
 _NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differs between machines
 
 # Keys that joined the schema after runs were recorded, with the value those runs ran with. A recorded
@@ -50,16 +52,26 @@ _NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differ
 LATER_KEYS = {("model", "pools"): "symmetric", ("train", "eval_log"): 0}
 
 CHECKPOINT_KEYS = ("model", "optimizer", "data", "rng", "step", "wall", "wandb_id")
-DATA_IDENTITY = ("dataset", "source", "n_train", "n_test", "image_shape", "checksum")
-LOCK = "lock.json"
+# The source is provenance, not identity: the same images read from Debian's package or a torchvision copy
+# elsewhere are the same data (the checksum says so).
+DATA_IDENTITY = ("dataset", "n_train", "n_test", "image_shape", "checksum")
 
 
 # ----------------------------------------------------------------------------------------------
 # Identity, name and directory
 
 
+def _plain(v):
+    """Choices (StrEnum) as the plain strings they are, for YAML, JSON and the identity hash."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v.value if isinstance(v, enum.Enum) else v
+
+
 def config_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+    return _plain(dataclasses.asdict(cfg))
 
 
 def _with_defaults(d: dict, defaults: dict) -> dict:
@@ -79,16 +91,40 @@ def recorded_config(d: dict) -> dict:
     return d
 
 
-def identity_dict(d: dict, with_seed: bool = False) -> dict:
+def run_facts(world_size: int, data: dict) -> dict:
+    """What a run was beyond its config, as far as it changes what it computes: the replicas it ran on
+    (the global batch is batch_size x world_size) and what its data is (a digest, where the files are not
+    the published dataset's: repro.data.mnist.CANONICAL). Each is left out where it is what every run
+    recorded before issue 19 had (one process, canonical files), so those runs keep their identity."""
+    facts = {}
+    if world_size != 1:
+        facts["world_size"] = world_size
+    if data.get("canonical") is False:
+        facts["data"] = f"not canonical, digest {data.get('digest') or data.get('checksum')}"
+    return facts
+
+
+def recorded_facts(env: dict) -> dict:
+    """`run_facts` of a recorded run, from its env.json (a run recorded before issue 19 said only in its
+    data source whether its MNIST files were the canonical ones)."""
+    data = dict(env.get("data") or {})
+    if "canonical" not in data and "not the canonical" in str(data.get("source", "")):
+        data["canonical"] = False
+    return run_facts(int(env.get("world_size") or 1), data)
+
+
+def identity_dict(d: dict, with_seed: bool = False, facts: dict | None = None) -> dict:
     """The keys of a resolved config (a dict, e.g. a run's config.yaml) that decide what it computes:
-    not where its files are (the data's identity, its source, counts and checksum, is checked apart)."""
-    d = _with_defaults(recorded_config(d), dataclasses.asdict(Config()))
+    not where its files are; with the run's `facts` (run_facts) where there are any."""
+    d = _with_defaults(recorded_config(d), config_dict(Config()))
     d = {k: v for k, v in d.items() if k not in _NOT_IDENTITY and (with_seed or k != "seed")}
     d["train"] = {k: v for k, v in d["train"].items() if k not in _NOT_IDENTITY_TRAIN}
     d["data"] = {k: v for k, v in d["data"].items() if k not in _NOT_IDENTITY_DATA}
     for (group, key), value in LATER_KEYS.items():
         if d[group].get(key) in (value, None):
             del d[group][key]
+    if facts:
+        d["facts"] = dict(facts)
     return d
 
 
@@ -96,44 +132,58 @@ def _hash(d: dict) -> str:
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def config_hash(cfg: Config) -> str:
-    """Names the run directory: the identity with the seed."""
-    return _hash(identity_dict(config_dict(cfg), with_seed=True))
+# Facts that name a run directory too. What the data is stays out of the name: a start on changed files finds
+# the run and is refused with the reason (check_checkpoint), rather than silently starting beside it.
+NAME_FACTS = ("world_size",)
 
 
-def identity_hash(d: dict) -> str:
+def config_hash(cfg: Config, facts: dict | None = None) -> str:
+    """Names the run directory: the identity with the seed (of the facts, the world size only)."""
+    named = {k: v for k, v in (facts or {}).items() if k in NAME_FACTS}
+    return _hash(identity_dict(config_dict(cfg), with_seed=True, facts=named))
+
+
+def identity_hash(d: dict, facts: dict | None = None) -> str:
     """The run's identity: its resolved config without seed, run directory, logger keys and data
-    paths. Runs of one recipe at one scale share it, whatever their seed; computable from any run's
-    config.yaml."""
-    return _hash(identity_dict(d))
+    paths, with its facts (run_facts). Runs of one recipe at one scale share it, whatever their seed;
+    computable from any run's config.yaml and env.json."""
+    return _hash(identity_dict(d, facts=facts))
 
 
-def run_name(cfg: Config) -> str:
-    return f"{cfg.experiment}-{cfg.scale.name}-s{cfg.seed}-{config_hash(cfg)}"
+def run_name(cfg: Config, facts: dict | None = None) -> str:
+    return f"{cfg.experiment}-{cfg.scale.name}-s{cfg.seed}-{config_hash(cfg, facts)}"
 
 
-def _dir_candidates(cfg: Config) -> list[Path]:
-    base = Path(cfg.runs_dir) / run_name(cfg)
+def _dir_candidates(cfg: Config, facts: dict | None) -> list[Path]:
+    base = Path(cfg.runs_dir) / run_name(cfg, facts)
     return [base] + [base.with_name(f"{base.name}.{i}") for i in range(2, 1000)]
 
 
-def existing_run_dirs(cfg: Config) -> list[Path]:
-    """The directories runs of this exact config made, oldest name first."""
-    return [p for p in _dir_candidates(cfg) if p.exists()]
+def existing_run_dirs(cfg: Config, facts: dict | None = None) -> list[Path]:
+    """The directories runs of this exact config (and facts) made, oldest name first."""
+    return [p for p in _dir_candidates(cfg, facts) if p.exists()]
 
 
-def find_resumable(cfg: Config) -> Path | None:
+def finished(run_dir: Path) -> bool:
+    """Whether the run ended (complete or diverged): a preempted run's summary.json says it stopped early."""
+    try:
+        return json.loads((run_dir / "summary.json").read_text()).get("status") != "preempted"
+    except (OSError, ValueError):
+        return False
+
+
+def find_resumable(cfg: Config, facts: dict | None = None) -> Path | None:
     """With resume=auto: the latest run of the identical config that left a checkpoint or finished
     (a later directory a run left before its first checkpoint has nothing to resume)."""
     if cfg.resume != "auto":
         return None
-    done = [p for p in existing_run_dirs(cfg) if (p / "summary.json").exists() or (p / "ckpt.pt").exists()]
+    done = [p for p in existing_run_dirs(cfg, facts) if (p / "summary.json").exists() or (p / "ckpt.pt").exists()]
     return done[-1] if done else None
 
 
-def new_run_dir(cfg: Config) -> Path:
+def new_run_dir(cfg: Config, facts: dict | None = None) -> Path:
     """A fresh directory; an existing name gets a .2, .3, ... suffix so no run is ever overwritten."""
-    for p in _dir_candidates(cfg):
+    for p in _dir_candidates(cfg, facts):
         try:
             p.mkdir(parents=True, exist_ok=False)
             return p
@@ -142,96 +192,35 @@ def new_run_dir(cfg: Config) -> Path:
         except OSError as e:  # read-only file system, no permission, a file in the way
             raise ReproError(f"cannot create the run directory {p} ({e.strerror}): set runs_dir=DIR to a "
                              f"writable folder") from e
-    raise ReproError(f"more than 999 runs named {run_name(cfg)}: clean up {cfg.runs_dir}")
+    raise ReproError(f"more than 999 runs named {run_name(cfg, facts)}: clean up {cfg.runs_dir}")
 
 
 # ----------------------------------------------------------------------------------------------
 # Claim: which directory a start uses, held by a lock
 
 
-def claim(cfg: Config) -> tuple[Path | None, bool]:
+def claim(cfg: Config, facts: dict | None = None) -> tuple[Path | None, bool]:
     """Rank 0 finds the run to resume (if any) and tells the others: (dir or None, finished)."""
     found = None
     if dist.is_main():
-        note_orphans(cfg)
-        found = find_resumable(cfg)
-    finished = bool(found and (found / "summary.json").exists())
-    return dist.broadcast_object((found, finished))
+        note_orphans(cfg, facts)
+        found = find_resumable(cfg, facts)
+    return dist.broadcast_object((found, bool(found and finished(found))))
 
 
-def hold(run_dir: Path) -> Path:
+def hold(run_dir: Path) -> Lock:
     """Lock a claimed run directory (`acquire`), then clear what a killed run left half-written in it."""
     lock = acquire(run_dir)
     remove_stale_temporaries(run_dir)
     return lock
 
 
-def note_orphans(cfg: Config) -> None:
+def note_orphans(cfg: Config, facts: dict | None = None) -> None:
     """Say which earlier directories of this config hold nothing to resume (stopped before a checkpoint)."""
-    for d in existing_run_dirs(cfg):
-        if not any((d / f).exists() for f in ("ckpt.pt", "summary.json")) and not _held(d / LOCK):
+    for d in existing_run_dirs(cfg, facts):
+        if not any((d / f).exists() for f in ("ckpt.pt", "summary.json")) and not held(d / LOCK):
             log.warning("%s was left by a run stopped before its first checkpoint: nothing there can be resumed; "
                         "delete it (train.checkpoint_every=N saves every N steps)", d)
-
-
-def _owner(lock: Path) -> tuple[int, str]:
-    try:
-        owner = json.loads(lock.read_text())
-        return int(owner["pid"]), str(owner["host"])
-    except (OSError, ValueError, KeyError, TypeError):  # gone, or a write torn by a crash: nobody holds it
-        return -1, socket.gethostname()
-
-
-def _held(lock: Path) -> bool:
-    """Whether a live process may hold `lock` (one on another host may be, for all we can tell)."""
-    if not lock.exists():
-        return False
-    pid, host = _owner(lock)
-    if host != socket.gethostname():
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
-
-
-def acquire(run_dir: Path) -> Path:
-    """Take `run_dir`'s lock file, or say who holds it. A lock left by a dead process on this host is
-    reported and taken over; one from another host is refused (we cannot tell whether it is alive)."""
-    lock, host = run_dir / LOCK, socket.gethostname()
-    mine = run_dir / f".{LOCK}.{os.getpid()}.tmp"
-    try:
-        mine.write_text(json.dumps({"pid": os.getpid(), "host": host}))
-        for _ in range(2):
-            try:
-                os.link(mine, lock)  # atomic: the lock appears whole, with its owner, or not at all
-                return lock
-            except FileExistsError:
-                pid, owner_host = _owner(lock)
-                if owner_host != host:
-                    raise ReproError(f"{run_dir} is locked by pid {pid} on {owner_host}: wait for that run to end, "
-                                     f"or if it is gone delete {lock}; resume=never starts a new run beside it") from None
-                if _held(lock):
-                    raise ReproError(f"{run_dir} is in use by pid {pid} on this host: wait for it to end (if pid {pid} "
-                                     f"is no repro run, delete {lock}), or pass resume=never to start a new run "
-                                     f"beside it") from None
-                log.warning("%s: stale lock of pid %d (no longer running) removed", run_dir, pid)
-                lock.unlink(missing_ok=True)
-    except OSError as e:
-        raise ReproError(f"cannot write {lock} ({e.strerror}): make {run_dir} writable") from e
-    finally:
-        mine.unlink(missing_ok=True)
-    raise ReproError(f"could not lock {run_dir}: another start took it at the same moment; try again")
-
-
-def release(lock: Path | None) -> None:
-    if lock is not None:
-        lock.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(run_dir: Path) -> None:
@@ -276,8 +265,9 @@ def environment(device: torch.device, world_size: int = 1) -> dict:
 
 
 def write_run_header(run_dir: Path, cfg: Config, env: dict) -> None:
+    """config.yaml and env.json; `env` holds world_size and data, whence the run's facts (recorded_facts)."""
     atomic_write(run_dir / "config.yaml", yaml.safe_dump(config_dict(cfg), sort_keys=False))
-    write_json(run_dir / "env.json", env | {"identity": identity_hash(config_dict(cfg))})
+    write_json(run_dir / "env.json", env | {"identity": identity_hash(config_dict(cfg), recorded_facts(env))})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,35 +278,62 @@ def save_checkpoint(run_dir: Path, state: dict) -> None:
     write_via_temporary(run_dir / "ckpt.pt", lambda tmp: torch.save(state, tmp))
 
 
+WEIGHTS = "model.safetensors"
+
+
+def export_weights(run_dir: Path, model_state: dict, create_model: dict) -> dict:
+    """The final network as timm loads it: `timm.create_model(**create_model, checkpoint_path=<file>)`
+    (or pretrained_cfg_overlay=dict(file=<file>)); returned for summary.json."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model_state.items()}
+    write_via_temporary(run_dir / WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    return {"file": str(run_dir / WEIGHTS), "create_model": create_model}
+
+
 def load_checkpoint(run_dir: Path) -> dict | None:
     path = run_dir / "ckpt.pt"
     if not path.exists():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:  # tensors, lists and numbers only: torch.load's default, as any user loads it (issue 19)
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # written before issue 19: NumPy's RNG state was a pickled array
+            with torch.serialization.safe_globals(_OLD_NUMPY_GLOBALS):
+                return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip/pickle
         raise ReproError(
             f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}): delete it to "
             f"restart that run, or pass resume=never to start a new run beside it") from e
 
 
+# What a checkpoint written before issue 19 needs beyond tensors: NumPy's RNG state, a pickled array.
+_OLD_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def rng_state() -> dict:
-    """This process's RNG states (torch, Python, NumPy, CUDA), as a checkpoint keeps them for an exact resume."""
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    """This process's RNG states (torch, Python, NumPy, CUDA), as a checkpoint keeps them for an exact resume:
+    tensors, tuples and numbers only, so the checkpoint loads under torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(s: dict) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+                        if isinstance(n, dict) else n)
     if s["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def run_identity(cfg: Config) -> dict:
+def run_identity(cfg: Config, facts: dict | None = None) -> dict:
     """What a checkpoint records about the run that wrote it."""
-    return {"config_hash": config_hash(cfg), "run": run_name(cfg)}
+    return {"config_hash": config_hash(cfg, facts), "run": run_name(cfg, facts)}
 
 
 def data_identity(describe: dict) -> dict:
@@ -327,12 +344,12 @@ def data_identity(describe: dict) -> dict:
 _NEW_RUN = "move it away, or pass resume=never to start a new run beside it"
 
 
-def check_checkpoint(ckpt, path: Path, cfg: Config, data: dict, fix: str = _NEW_RUN) -> None:
+def check_checkpoint(ckpt, path: Path, cfg: Config, data: dict, fix: str = _NEW_RUN, world_size: int = 1) -> None:
     """Refuse (ReproError) a checkpoint that is not one, is another run's, or saw other data."""
     missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise ReproError(f"{path} is not a repro.train checkpoint (it lacks {', '.join(missing)}): {fix}")
-    mine = run_identity(cfg)
+    mine = run_identity(cfg, run_facts(world_size, data))
     theirs = ckpt.get("identity")
     if theirs is None:
         log.warning("%s predates checkpoints that carry their run's identity: its identity is not checked", path)
@@ -351,14 +368,16 @@ def check_checkpoint(ckpt, path: Path, cfg: Config, data: dict, fix: str = _NEW_
 def check_evaluable(run_dir: Path, ckpt, cfg: Config, data) -> None:
     """repro.evaluate: refuse a run without a checkpoint, or whose checkpoint is not its own or saw other
     data than `data` (its config's data, loaded now); warn that an unfinished run is scored as it stands."""
-    finished = (run_dir / "summary.json").exists()
+    ended = finished(run_dir)
     if ckpt is None:
-        why = "see its summary.json" if finished else "it stopped before its first checkpoint"
+        why = "see its summary.json" if ended else "it stopped before its first checkpoint"
         raise ReproError(f"{run_dir} has no ckpt.pt ({why}): resume it with resume=auto, or leave it out")
     if not Path(cfg.data.root).is_absolute():  # runs before issue 11 recorded data.root as given
         log.warning("%s records a relative data.root=%s: it is looked up from %s", run_dir, cfg.data.root, Path.cwd())
+    env = json.loads((run_dir / "env.json").read_text()) if (run_dir / "env.json").exists() else {}
     check_checkpoint(ckpt, run_dir / "ckpt.pt", cfg, data.describe(),
-                     fix="evaluate the run with the data and files it was trained with")
-    if not finished:
+                     fix="evaluate the run with the data and files it was trained with",
+                     world_size=int(env.get("world_size") or 1))
+    if not ended:
         log.warning("%s is unfinished (checkpoint at step %d of %d): scored as it stands", run_dir, ckpt["step"],
                     cfg.train.steps)

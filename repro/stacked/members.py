@@ -26,18 +26,19 @@ from repro.errors import ReproError
 from repro.models import build_model
 from repro.optim import peak_lr
 from repro.runs import files, rundir, wandb_mirror
+from repro.runs.divergence import DivergenceRule
 
 log = logging.getLogger("repro.stacked")
 CKPT, NEXT = "ckpt.pt", "ckpt.next.pt"
 
 
-def _found(cfg: Config) -> Path | None:
+def _found(cfg: Config, facts: dict) -> Path | None:
     """With resume=auto, the latest directory of this config that finished or holds a checkpoint, a
     commit's ckpt.next.pt included (rundir.find_resumable, which knows only ckpt.pt, would miss a member
     killed before its first rename)."""
     if cfg.resume != "auto":
         return None
-    done = [p for p in rundir.existing_run_dirs(cfg) if any((p / f).exists() for f in ("summary.json", CKPT, NEXT))]
+    done = [p for p in rundir.existing_run_dirs(cfg, facts) if any((p / f).exists() for f in ("summary.json", CKPT, NEXT))]
     return done[-1] if done else None
 
 
@@ -47,13 +48,15 @@ class Member:
     def __init__(self, cfg: Config, describe: dict, shape: tuple[int, int, int], device: torch.device):
         """`shape`: the network's (input channels, classes, image size)."""
         self.cfg, self.describe, self.status, self.diverged_at = cfg, describe, "running", None
-        self.run_dir = _found(cfg)
-        self.finished = bool(self.run_dir and (self.run_dir / "summary.json").exists())
+        self.facts = rundir.run_facts(1, describe)
+        self.run_dir = _found(cfg, self.facts)
+        self.finished = bool(self.run_dir and rundir.finished(self.run_dir))  # a preempted run goes on
         torch.manual_seed(cfg.seed)  # as repro.train: the same seed gives the same initial weights
         self.net = build_model(cfg.model, *shape).to(device)
         self.rng = torch.get_rng_state()  # what repro.train's dropout would draw from next
         self.ckpt = self.lock = self.log = self.wandb_id = None
         self.wall0, self.resumes = 0.0, []
+        self.divergence = DivergenceRule(cfg.train.diverge_factor, cfg.train.diverge_logs)  # as repro.train
 
     def summary(self) -> dict:
         """A finished member's summary.json."""
@@ -65,8 +68,10 @@ class Member:
         if self.ckpt is not None:
             rundir.check_checkpoint(self.ckpt, self.run_dir / CKPT, self.cfg, self.describe)
             self.net.load_state_dict(self.ckpt["model"])
+            if "divergence" in self.ckpt:
+                self.divergence.load_state_dict(self.ckpt["divergence"])
         if self.run_dir is None:
-            self.run_dir = rundir.new_run_dir(self.cfg)
+            self.run_dir = rundir.new_run_dir(self.cfg, self.facts)
             self.lock = rundir.hold(self.run_dir)
         rundir.write_run_header(self.run_dir, self.cfg, env | {"data": self.describe, "run_dir": str(self.run_dir)})
         ck = self.ckpt
@@ -76,7 +81,7 @@ class Member:
         if ck:
             self.wall0, self.resumes = ck["wall"], ck.get("resumes", []) + [ck["step"]]
 
-    def finish(self, steps: int, wall: float) -> dict:
+    def finish(self, steps: int, wall: float, signal: str | None = None) -> dict:
         history = files.read_jsonl(self.log.path)
         accs = [r["test_acc"] for r in history if "test_acc" in r]
         cfg, done = self.cfg, self.status == "complete"
@@ -88,8 +93,13 @@ class Member:
             "global_batch": cfg.train.batch_size, "wall_s": round(self.wall0 + wall, 2), "data": self.describe,
             "resumed_from": self.resumes, "wandb_id": self.wandb_id, "stacked": True,
         }
+        if self.status == "diverged":
+            summary["diverged_why"] = self.divergence.why
+        if self.status == "preempted":
+            summary |= {"preempted_at": steps, "preempted_by": signal,
+                        "note": f"preempted at step {steps} by {signal}: resume=auto continues it"}
         files.write_json(self.run_dir / "summary.json", summary)
-        self.log.close(summary)
+        self.log.close(summary, failed=self.status == "preempted")
         rundir.release(self.lock)
         return summary
 

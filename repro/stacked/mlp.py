@@ -23,7 +23,6 @@ import itertools
 import logging
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,8 @@ from repro.errors import ReproError
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, peak_lr
 from repro.runs import rundir
-from repro.stacked import convrun, mapgrid
+from repro.runs.preempt import Preemption
+from repro.stacked import convrun
 from repro.stacked.members import Member, commit, open_members
 
 log = logging.getLogger("repro.stacked")
@@ -207,8 +207,9 @@ def _checkpoint(stack: Stack, members: list[Member], stream, step: int, wall: fl
         "model": stack.state_dict(j, members[j].cfg.model.norm),
         "optimizer": build_optimizer(members[j].net, members[j].cfg.optim).state_dict(),  # plain SGD: settings only
         "data": stream.state_dict(), "rng": rng, "step": step, "wall": members[j].wall0 + wall,
-        "wandb_id": members[j].wandb_id, "losses": [window[:, j].clone()], "identity": rundir.run_identity(members[j].cfg),
-        "data_identity": members[j].describe, "resumes": members[j].resumes})
+        "wandb_id": members[j].wandb_id, "losses": [window[:, j].clone()],
+        "identity": rundir.run_identity(members[j].cfg, members[j].facts), "data_identity": members[j].describe,
+        "resumes": members[j].resumes, "divergence": members[j].divergence.state_dict()})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,7 +232,8 @@ def _stack_of(seed: int, members: list[Member], splits, t, env: dict) -> dict:
 
 
 def run(overrides: list[str]) -> list[dict]:
-    """Train every member the overrides' product names, one stack per seed; return their summaries."""
+    """Train every member the overrides' product names, one stack per seed; return their summaries (a
+    preemption signal stops every stack at the next step boundary, checkpointed: status "preempted")."""
     cfgs = [compose(o) for o in expand(overrides)]
     if any(c.model.name != "mnist_mlp" for c in cfgs):  # Figures 2-3's networks: one convolutional stack
         return convrun.run(cfgs)
@@ -256,7 +258,8 @@ def run(overrides: list[str]) -> list[dict]:
     try:
         stacks = [_stack_of(seed, ms, splits, t, env) for seed, ms in sorted(by_seed.items())]
         if stacks:
-            summaries += _train(stacks, splits, t)
+            with Preemption(t.preempt_signals) as preemption:
+                summaries += _train(stacks, splits, t, preemption)
     finally:  # an error or Ctrl-C leaves no lock behind (and no wandb run open); checkpoints are the resume points
         for ms in by_seed.values():
             for m in ms:
@@ -264,7 +267,7 @@ def run(overrides: list[str]) -> list[dict]:
     return summaries
 
 
-def _train(stacks: list[dict], splits, t) -> list[dict]:
+def _train(stacks: list[dict], splits, t, preemption: Preemption) -> list[dict]:
     """Step every stack in turn, logging, evaluating, probing and checkpointing as repro.train does."""
     summaries, t0 = [], time.perf_counter()
     x_test, y_test = splits.x_test.flatten(1), splits.y_test
@@ -300,14 +303,17 @@ def _train(stacks: list[dict], splits, t) -> list[dict]:
             if not (done % t.log_every and done % t.eval_every and done != t.steps):
                 w = st["window"][: (done - 1) % t.log_every + 1]
                 for j, m in enumerate(st["members"]):
-                    bad = ~torch.isfinite(w[:, j])
-                    if m.status == "running" and bad.any():  # §4.2.2's "machine infinity": as repro.train
-                        m.status, m.diverged_at = "diverged", done - len(w) + int(bad.nonzero()[0]) + 1
+                    if m.status != "running":
+                        continue
+                    if (bad := m.divergence.check(w[:, j], done)) is not None:  # as repro.train's rule
+                        m.status, m.diverged_at = "diverged", bad
                         summaries.append(m.finish(m.diverged_at, time.perf_counter() - t0))
                         st["stack"].silence(j)
                 observe(st, done, w.mean(0))
             if t.checkpoint_every and done % t.checkpoint_every == 0 and done != t.steps:
                 _checkpoint(st["stack"], st["members"], st["stream"], done, time.perf_counter() - t0, st["window"])
+        if preemption.signum is not None and done != t.steps:  # every stack stops here, checkpointed
+            return summaries + _preempted(stacks, done, time.perf_counter() - t0, preemption.name)
     for st in stacks:
         _checkpoint(st["stack"], st["members"], st["stream"], t.steps, time.perf_counter() - t0, st["window"])
         for m in st["members"]:
@@ -317,27 +323,19 @@ def _train(stacks: list[dict], splits, t) -> list[dict]:
     return summaries
 
 
+def _preempted(stacks: list[dict], done: int, wall: float, signal: str) -> list[dict]:
+    """Checkpoint every stack where it stands (a stack that has not reached its start keeps its checkpoint)
+    and record its running members as preempted."""
+    out = []
+    for st in stacks:
+        at = max(done, st["start"])
+        if at == done:
+            _checkpoint(st["stack"], st["members"], st["stream"], at, wall, st["window"])
+        for m in st["members"]:
+            if m.status == "running":
+                m.status = "preempted"
+                out.append(m.finish(at, wall, signal))
+    return out
+
+
 _ORDER = ("step", "lr", "wall", "loss", "test_acc", "test_loss", "probe")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m repro.stacked OVERRIDES`, `--jobs N OVERRIDES` or `--map LEDGER [OVERRIDES]` (mapgrid)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--map"]:
-        if len(args) < 2 or not Path(args[1]).is_file():
-            print(f"error: --map needs the map's ledger, e.g. results/fig1/map/claims.yaml "
-                  f"(got {args[1] if len(args) > 1 else 'nothing'})", file=sys.stderr)
-            return 2
-        return mapgrid.run_map(Path(args[1]), args[2:])
-    if args[:1] == ["--jobs"]:  # the seeds shared out over N processes (make reproduce)
-        return mapgrid.run_split(args[1:])
-    try:
-        t0 = time.perf_counter()
-        summaries = run(args)
-    except ReproError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    bad = [s for s in summaries if s["status"] != "complete"]
-    log.info("%d runs in %.1f s (%d diverged)", len(summaries), time.perf_counter() - t0, len(bad))
-    return 0

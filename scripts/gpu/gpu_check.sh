@@ -5,7 +5,8 @@
 # Where hydra-core/omegaconf are missing (a bare GPU image), wheels in .whl/ are installed first.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python3}
+# The repository's .venv where there is one (the README's GPU_CHECK_CPU=1 line), else python3 (a bare GPU image).
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=${PYTHON:-python3}; fi
 if ! "$PY" -c "import hydra, omegaconf" 2>/dev/null; then
   ls .whl/*.whl >/dev/null 2>&1 || { echo "error: hydra-core is not installed and no wheels in .whl/: run make install, or carry the wheels" >&2; exit 2; }
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/gpu_check_site .whl/*.whl
