@@ -60,14 +60,22 @@ def run(cfg: Config) -> dict:
         raise ReproError(f"train.device={cfg.train.device} but no CUDA GPU is visible: use train.device=cpu")
     device = dist.setup(cfg.train.device)
     _seed_and_backends(cfg, device)
-    data = Data(cfg, device)  # before the claim: what the data is joins the run's identity (run_facts)
-    facts = rundir.run_facts(dist.world_size(), data.describe)
-    run_dir, finished = rundir.claim(cfg, facts)
+    run_log = progress.RunLog() if dist.is_main() else None  # holds the data line until train.log opens
+    try:
+        data = Data(cfg, device)  # before the claim: what the data is joins the run's identity (run_facts)
+        facts = rundir.run_facts(dist.world_size(), data.describe)
+        run_dir, finished = rundir.claim(cfg, facts)
+    except BaseException:
+        if run_log is not None:
+            run_log.close()
+        raise
     if finished:
+        if run_log is not None:
+            run_log.close()
         log.info("%s already finished; delete it or pass resume=never to run again", run_dir)
         return json.loads((run_dir / "summary.json").read_text())
     # rank 0: the lock file it holds, the directory it created, the train.log it writes, its metrics log
-    held = {"lock": None, "made": None, "log": progress.RunLog() if dist.is_main() else None, "metrics": None}
+    held = {"lock": None, "made": None, "log": run_log, "metrics": None}
     try:
         if run_dir is not None and dist.is_main():
             held["lock"] = rundir.hold(run_dir)

@@ -114,6 +114,8 @@ def compare(committed: str, rebuilt: str) -> list[str]:
 def compare_plotted(committed: Path, rebuilt: Path) -> list[str]:
     """One line per figure element whose plotted data differ (plotted.json digests), or a figure gone or new."""
     if not committed.exists():
+        if not rebuilt.exists():  # a report that draws no figure (the Figures 2-3 rule's)
+            return []
         return [f"{committed}: missing (the digest of each figure's plotted data): re-render the report"]
     a, b = json.loads(committed.read_text()), json.loads(rebuilt.read_text()) if rebuilt.exists() else {}
     problems = [f"{committed.parent / name}: {'not drawn any more' if name not in b else 'new'}"

@@ -303,7 +303,7 @@ def load_checkpoint(run_dir: Path) -> dict | None:
                 return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged zip/pickle
         raise ReproError(
-            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}): delete it to "
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): delete it to "
             f"restart that run, or pass resume=never to start a new run beside it") from e
 
 

@@ -158,14 +158,14 @@ class _Run:
         return not (done % t.log_every and done % t.eval_every and done != t.steps and done not in self.dense)
 
     def record(self, done: int) -> list[dict]:
-        """At a log or eval step: stop the members whose losses in the window so far hold a NaN/inf
-        (§4.2.2's "machine infinity", as repro.train), record the others; the stopped ones' summaries."""
+        """At a log or eval step: stop the members that diverged by repro.train's rule (repro.runs.divergence:
+        a NaN/inf loss, or one that stays far above its start), record the others; the stopped ones' summaries."""
         w = self.window[: (done - 1) % self.t.log_every + 1].cpu()
         summaries = []
         for j, m in enumerate(self.members):
-            bad = ~torch.isfinite(w[:, j])
-            if m.status == "running" and bad.any():
-                m.status, m.diverged_at = "diverged", done - len(w) + int(bad.nonzero()[0]) + 1
+            at = m.divergence.check(w[:, j], done) if m.status == "running" else None
+            if at is not None:
+                m.status, m.diverged_at = "diverged", at
                 summaries.append(m.finish(m.diverged_at, self.wall()))
                 self.stack.silence(j)
         self.observe(done, w.mean(0))
@@ -205,7 +205,8 @@ class _Run:
                     "optimizer": _optimizer_state(m, stack.momentum_state(j), lr_at(max(step - 1, 0), m.cfg.optim)),
                     "data": self.streams[j].state_dict(), "rng": [_rng(m, self.gens[j])], "step": step,
                     "wall": m.wall0 + wall, "wandb_id": m.wandb_id, "losses": [self.window[:, j].clone().cpu()],
-                    "identity": rundir.run_identity(m.cfg), "data_identity": m.describe, "resumes": m.resumes}
+                    "identity": rundir.run_identity(m.cfg, m.facts), "data_identity": m.describe, "resumes": m.resumes,
+                    "divergence": m.divergence.state_dict()}
 
         mem.commit(self.members, state)
 

@@ -123,7 +123,7 @@ def _held(run_dir: Path | None) -> dict[int, tuple[Path, dict]]:
             try:
                 ckpt = torch.load(path, map_location="cpu", weights_only=False)
             except Exception as e:  # torch raises several types for a damaged zip/pickle
-                raise ReproError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}): delete it "
+                raise ReproError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): delete it "
                                  f"to restart that run, or pass resume=never to start a new run beside it") from e
             held[ckpt["step"] if isinstance(ckpt, dict) and "step" in ckpt else -1] = (path, ckpt)
     return held
