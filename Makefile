@@ -86,7 +86,7 @@ fig1-map: install data ## Figure 1 beyond the paper: both nets x 6 rates x 3 ini
 report-fig1-map: install ## Rebuild the map's report from recorded runs
 	$(PY) -m repro.report fig1-map --runs-dir $(RUNS)/fig1_map --out $(OUT)
 
-test: install data ## Run the test suite (CPU, ~12 min on 2 cores)
+test: install data ## Run the test suite (CPU, ~8 min on 2 idle cores)
 	$(PY) -m pytest -q
 
 verify: install ## Rebuild every committed report, its figures' plotted data, rule.md and the GPU reports from results/ alone, and find every README result number in them; exit 1 naming each difference
