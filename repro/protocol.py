@@ -86,7 +86,7 @@ def run_fig2(runs_dir: Path, scale: str, ledger_path: Path, out: Path, jobs: int
         from repro.report.pipeline import build
 
         print(f"protocol: wrote {fig2_rule.build(runs_dir, scale, out, ledger_path)}", flush=True)
-        print(f"protocol: wrote {build('fig2', runs_dir, scale, out, ledger_path, tuple(recipe))}")
+        print(f"protocol: wrote {build('fig2', runs_dir, scale, out, ledger_path, tuple(recipe))}", flush=True)
     return {"rate": rate, "length": length, "accepted": accepted}
 
 
