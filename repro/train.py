@@ -12,15 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import random
 import shutil
 import sys
 import time
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -28,14 +25,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from repro.config import CONF_DIR, Config, TrainConfig, register_configs, to_config, validate
+from repro.config import CONF_DIR, Config, register_configs, to_config, validate
 from repro.data import loaders
 from repro.data.training import Data
 from repro.errors import ReproError, failed
 from repro.models import build_model, create_model_args  # also registers the paper's networks with timm
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
-from repro.runs import dist, files, progress, rundir, wandb_mirror
+from repro.runs import dist, files, process, progress, rundir, wandb_mirror
 from repro.runs.divergence import DivergenceRule
 from repro.runs.preempt import Preemption, hand_over
 
@@ -59,7 +56,7 @@ def run(cfg: Config) -> dict:
     if cfg.train.device.startswith("cuda") and not torch.cuda.is_available():
         raise ReproError(f"train.device={cfg.train.device} but no CUDA GPU is visible: use train.device=cpu")
     device = dist.setup(cfg.train.device)
-    _seed_and_backends(cfg, device)
+    process.seed_and_backends(cfg, device)
     run_log = progress.RunLog() if dist.is_main() else None  # holds the data line until train.log opens
     try:
         data = Data(cfg, device)  # before the claim: what the data is joins the run's identity (run_facts)
@@ -135,25 +132,6 @@ def _divergence_rule(cfg: Config, ckpt: dict | None, metrics) -> DivergenceRule:
 
 # ----------------------------------------------------------------------------------------------
 # Set up
-
-
-def _seed_and_backends(cfg: Config, device: torch.device) -> None:
-    """Seeds, CPU threads and cuDNN as the config says; the scale's estimated cost, logged."""
-    t_cfg = cfg.train
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed + dist.rank())  # dropout differs per replica; data order does not
-    if t_cfg.threads > 0:
-        torch.set_num_threads(t_cfg.threads)
-    if device.type == "cuda":  # autotuned cuDNN kernels are fastest but may differ between runs
-        torch.backends.cudnn.benchmark = not t_cfg.deterministic
-        if t_cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)  # warns where an op has no such kernel
-    if cfg.scale.images_per_gpu_s and dist.is_main():
-        images = t_cfg.steps * t_cfg.batch_size * dist.world_size()
-        log.info("scale %s: %.3g images, about %.0f GPU-hours at %.0f images/s per GPU", cfg.scale.name, images,
-                 images / cfg.scale.images_per_gpu_s / 3600, cfg.scale.images_per_gpu_s)
 
 
 def _build(cfg: Config, data: Data, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, SigmoidProbe | None]:
@@ -270,14 +248,6 @@ def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, los
 # Evaluate and record
 
 
-def dense_eval_steps(t: TrainConfig) -> frozenset[int]:
-    """The evaluations `train.eval_log` adds below the regular grid: that many log-spaced steps from
-    eval_every / 64 up to eval_every, rounded (so speed-ups far beyond the regular grid stay resolved)."""
-    if not t.eval_log:
-        return frozenset()
-    return frozenset(int(round(x)) for x in np.geomspace(t.eval_every / 64, t.eval_every, t.eval_log + 1)[:-1]) - {0}
-
-
 class Record:
     """What the loop writes as it goes: at log and eval steps a metrics record (the test set evaluated, the
     sigmoids probed), on the checkpoint schedule a checkpoint of every rank's state; rank 0 writes files."""
@@ -292,7 +262,7 @@ class Record:
         t_cfg = cfg.train
         self.shown = progress.Progress(run_dir.name, t_cfg.steps, start, cfg.logger.progress,
                                        cfg.logger.progress_every_s, run_log)
-        self.dense_evals = dense_eval_steps(t_cfg)
+        self.dense_evals = process.dense_eval_steps(t_cfg)
         self.divergence = DivergenceRule(t_cfg.diverge_factor, t_cfg.diverge_logs)
         self.t0 = time.perf_counter()
 

@@ -148,7 +148,7 @@ def test_wandb_offline_mirrors_the_metrics(smoke, tmp_path):
 
 def test_dense_eval_steps_are_log_spaced_below_the_grid():
     from repro.config import TrainConfig
-    from repro.train import dense_eval_steps
+    from repro.runs.process import dense_eval_steps
 
     t = TrainConfig(steps=2400, batch_size=32, eval_every=240, eval_log=8)
     steps = sorted(dense_eval_steps(t))

@@ -29,9 +29,9 @@ from repro.errors import ReproError
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, lr_at, set_lr
 from repro.runs import rundir
+from repro.runs.process import dense_eval_steps, seed_and_backends
 from repro.stacked import members as mem
 from repro.stacked.conv import ConvStack, Stepper
-from repro.train import _seed_and_backends, dense_eval_steps
 
 log = logging.getLogger("repro.stacked")
 CPU = torch.device("cpu")
@@ -72,7 +72,7 @@ def run(cfgs: list[Config]) -> list[dict]:
     check(cfgs)
     t = cfgs[0].train
     device = _device(t.device)
-    _seed_and_backends(cfgs[0], device)  # threads, cuDNN autotuning or deterministic kernels, as repro.train
+    seed_and_backends(cfgs[0], device)  # threads, cuDNN autotuning or deterministic kernels, as repro.train
     splits = load_splits(cfgs[0].data)
     shape = (splits.x_train.shape[1], splits.num_classes, splits.x_train.shape[-1])
     members = [mem.Member(c, splits.describe(), shape, device) for c in cfgs]
