@@ -3,6 +3,7 @@ statistics, and the driver end to end on a tiny ledger (python -m repro.protocol
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -91,7 +92,12 @@ def test_protocol_runs_end_to_end_and_resumes_nothing_twice(tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rule = (out / "fig2_rule" / "smoke" / "report.md").read_text()
-    assert "**Rule's rate:" in rule and "accepted" in rule
+    assert "**Rule's rate:" in rule and "accepted" in rule and "![The rate rule and the doubling test](rule.png)" in rule
+    drawn = json.loads((out / "fig2_rule" / "smoke" / "plotted.json").read_text())["rule.png"]
+    assert sum("rule's rate" in k for k in drawn) == 1  # the chosen rate's star
+    # the right panel: the winner's curves at 4 and 8 steps (one seed), each with its shaded tail
+    assert sum(k.startswith("1 Inception at") and " / line " in k for k in drawn) == 2
+    assert sum(k.startswith("1 Inception at") and " / patch " in k for k in drawn) == 2
     report = (out / "fig2" / "smoke" / "report.md").read_text()
     assert "The protocol ledger" in report and "final accuracy (the mean of its evaluations at steps ≥ 0.5 L)" in report
     made = sorted(p.name for p in runs.glob("*/config.yaml"))

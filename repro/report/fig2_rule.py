@@ -12,10 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from repro.errors import ReproError
-from repro.report import fmt, fmt_values, load_ledger, md_table, run_meta, runs_section, write_outputs
+from repro.report import (
+    fmt,
+    fmt_values,
+    load_ledger,
+    md_table,
+    run_meta,
+    runs_section,
+    save_figure,
+    write_outputs,
+)
 from repro.report.runs import Selection, ledger_provenance, select_runs
 from repro.report.stats import tail_mean
 
@@ -144,6 +154,43 @@ def _finals_from_long(long, meta: dict, ledger: dict) -> dict[tuple[float, int],
     return out
 
 
+MARKERS = "os^Dv<>p"  # one per seed
+
+
+def plot(long, meta: dict, ledger: dict, table: dict[float, Finals], rate: float, length: int, path: Path) -> None:
+    """Left: the rule, final accuracy against base rate (each seed, their mean, the chosen and the paper's
+    rate). Right: Inception's curves at the chosen rate for each length run, the final-accuracy tail shaded."""
+    seeds, frm = ledger["rate_rule"]["seeds"], ledger["final_accuracy"]["from"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rates = sorted(table)
+    for k, s in enumerate(seeds):
+        ax.plot(rates, [table[r][s] * 100 for r in rates], MARKERS[k % len(MARKERS)], color="tab:gray", ms=5,
+                mfc="none", label=f"seed {s}")
+    means = [float(np.mean([table[r][s] for s in seeds])) * 100 for r in rates]
+    ax.plot(rates, means, "-", color="tab:blue", lw=1.5, label="mean over seeds")
+    ax.plot([rate], [means[rates.index(rate)]], "*", color="tab:red", ms=14, label=f"rule's rate {rate_str(rate)}")
+    ax.axvline(PAPER_RATE, color="k", ls=":", lw=1, label=f"the paper's rate {rate_str(PAPER_RATE)} (§4.2.2)")
+    ax.set(xscale="log", xlabel="Inception's base rate", ylabel="final accuracy (%, mean of the tail)",
+           title=f"The rate rule at {ledger['rate_rule']['steps']:,} steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    lengths = sorted({m["steps"] for m in meta["runs"] if m["lr"] == rate})
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.85, len(lengths)))
+    for n, color in zip(lengths, colors):
+        mine = sorted((m for m in meta["runs"] if m["lr"] == rate and m["steps"] == n), key=lambda m: m["seed"])
+        for k, m in enumerate(mine):
+            s, a = long.curve(m["run"], "test_acc")
+            bx.plot(s, a * 100, color=color, lw=1, ls=["-", "--", ":", "-."][k % 4],
+                    label=f"{n:,} steps" + (" (L)" if n == length else "") if k == 0 else None)
+        bx.axvspan(frm * n, n, color=color, alpha=0.08)
+    bx.set(xlabel="training steps", ylabel="test accuracy (%)", ylim=(max(0, min(means) - 25), None),
+           title=f"Inception at {rate_str(rate)}: the doubling test (tails shaded; dashes: seeds {', '.join(map(str, seeds))})")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=8, loc="lower right")
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def render(long, meta: dict, ledger: dict, out: Path) -> str:
     finals = _finals_from_long(long, meta, ledger)
     rule, d = ledger["rate_rule"], ledger["doubling"]
@@ -163,6 +210,7 @@ def render(long, meta: dict, ledger: dict, out: Path) -> str:
                else f"**No rung was accepted**: L = {length:,} steps, and the precondition `inception_converged` "
                     f"fails (the next rung's {4 * length:,}-step runs are beyond the protocol's budget).")
     frm = ledger["final_accuracy"]["from"]
+    plot(long, meta, ledger, table, rate, length, Path(out) / "rule.png")
     return f"""# Figures 2-3 protocol ({meta['scale']} scale): Inception's rate by the rule, the length by doubling
 
 Issue 20's protocol, fixed in the ledger `{meta['claims']}` before any run it judges: **Inception's base
@@ -189,5 +237,7 @@ every seed gains at most {d['margin'] * 100:g} points from 2L. Rungs: {', '.join
 
 {md_table(['L', 'final accuracy at L (%)', 'at 2L (%)', 'gain (points)', 'rung'], ladder)}
 {verdict}
+
+![The rate rule and the doubling test](rule.png)
 
 {runs_section(meta)}"""
