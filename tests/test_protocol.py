@@ -13,7 +13,7 @@ import yaml
 
 from repro.report import ledger_for, load_ledger
 from repro.report.fig2_rule import choose_length, choose_rate, rule_rates
-from repro.report.pipeline import verify
+from repro.report.pipeline import render, verify
 from repro.report.stats import tail_mean
 from tests.conftest import DATA, ROOT, needs_mnist
 
@@ -106,3 +106,15 @@ def test_protocol_runs_end_to_end_and_resumes_nothing_twice(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and sorted(p.name for p in runs.glob("*/config.yaml")) == made
     assert verify(out) == []  # both reports rebuild from their runs.csv and meta.json alone
+    # before the doubling test's 8-step run has finished, the rule's record says what is still to run
+    part = tmp_path / "partial"
+    part.mkdir()
+    meta = json.loads((out / "fig2_rule" / "smoke" / "meta.json").read_text())
+    long_runs = {m["run"] for m in meta["runs"] if m["steps"] == 8}
+    meta["runs"] = [m for m in meta["runs"] if m["run"] not in long_runs]
+    (part / "meta.json").write_text(json.dumps(meta))
+    lines = (out / "fig2_rule" / "smoke" / "runs.csv").read_text().splitlines(keepends=True)
+    (part / "runs.csv").write_text("".join(x for x in lines if x.split(",")[0] not in long_runs))
+    assert long_runs and len(lines) > len((part / "runs.csv").read_text().splitlines())
+    text = (render(part, part) / "report.md").read_text()
+    assert "**In progress**: the test still needs Inception's runs of 8 steps" in text

@@ -196,7 +196,7 @@ def render(long, meta: dict, ledger: dict, out: Path) -> str:
     rule, d = ledger["rate_rule"], ledger["doubling"]
     table = {lr: f for (lr, n), f in finals.items() if n == rule["steps"]}
     rate, _ = choose_rate(ledger, table)
-    length, _, rungs = choose_length(ledger, lambda n: finals.get((rate, n), {}))
+    length, need, rungs = choose_length(ledger, lambda n: finals.get((rate, n), {}))
     seeds = rule["seeds"]
     paper = PAPER_RATE
     rows = [[rate_str(lr) + (" (the paper's, §4.2.2)" if lr == paper else ""),
@@ -206,7 +206,10 @@ def render(long, meta: dict, ledger: dict, out: Path) -> str:
                fmt_values([t["at_2l"][s] * 100 for s in seeds], seeds), fmt_values([t["gains"][s] * 100 for s in seeds], seeds),
                "accepted" if t["passed"] else "**rejected**"] for t in rungs]
     accepted = bool(rungs) and rungs[-1]["passed"]
-    verdict = (f"**L = {length:,} steps**: every seed gained at most {d['margin'] * 100:g} points from doubling it." if accepted
+    verdict = (f"**In progress**: the test still needs Inception's runs of {' and '.join(f'{n:,}' for n in need)} "
+               f"steps at the rule's rate (`python -m repro.protocol fig2` continues them); L is not chosen yet."
+               if length is None else
+               f"**L = {length:,} steps**: every seed gained at most {d['margin'] * 100:g} points from doubling it." if accepted
                else f"**No rung was accepted**: L = {length:,} steps, and the precondition `inception_converged` "
                     f"fails (the next rung's {4 * length:,}-step runs are beyond the protocol's budget).")
     frm = ledger["final_accuracy"]["from"]
