@@ -26,7 +26,7 @@ from repro.report import (
     save_figure,
     write_outputs,
 )
-from repro.report.runs import Selection, ledger_provenance, select_runs
+from repro.report.runs import Selection, ledger_provenance, read_run, select_runs
 from repro.report.stats import tail_mean
 
 EXPERIMENTS = ["inception"]
@@ -131,9 +131,8 @@ def build(runs_dir: Path, scale: str, out_root: Path, ledger_path: Path) -> Path
                          f"{runs_dir}: run `python -m repro.protocol fig2 --runs-dir {runs_dir}` first")
     choose_length(ledger, lambda n: read(rate, n))
     runs = [r for r, _ in used.values()]
-    # a run left out of one reading (another rate or length) is used by another: only the rest are excluded
-    excluded = sorted({x for x in excluded if x.split(":")[0] not in used})
-    meta = run_meta(Selection({"inception": runs}, excluded, {}, identity), ledger_provenance(ledger_path, runs))
+    meta = run_meta(Selection({"inception": runs}, _excluded(runs_dir, excluded, used), {}, identity),
+                    ledger_provenance(ledger_path, runs))
     for m in meta["runs"]:
         m["lr"] = used[m["run"]][1]
     meta |= {"figure": "fig2_rule", "scale": scale, "runs_dir": str(runs_dir), "claims": str(ledger_path),
@@ -144,6 +143,21 @@ def build(runs_dir: Path, scale: str, out_root: Path, ledger_path: Path) -> Path
     from repro.report.pipeline import render  # the pipeline imports the figure modules
 
     return render(out, out)
+
+
+def _excluded(runs_dir: Path, reasons: list[str], used: dict) -> list[str]:
+    """One line per run no reading used: a run left out of one reading (another rate or length) may be used
+    by another. An unfinished run says so; else the reason of the reading it is closest to."""
+    best: dict[str, str] = {}
+    for x in reasons:
+        name = x.split(":")[0]
+        if name not in used and (name not in best or x.count(";") < best[name].count(";")):
+            best[name] = x
+    for name in best:
+        run = read_run(Path(runs_dir) / name)
+        if run.summary is None or run.summary.get("status") == "preempted":
+            best[name] = f"{name}: unfinished (last recorded step {run.last_step:,}), read once it has finished"
+    return sorted(best.values())
 
 
 def _finals_from_long(long, meta: dict, ledger: dict) -> dict[tuple[float, int], Finals]:
