@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from repro.config import CONF_DIR, Config, register_configs, to_config, validate
+from repro.config import CONF_DIR, Config, hydra_cli, register_configs, to_config, validate
 from repro.data import loaders
 from repro.data.training import Data
 from repro.errors import ReproError, failed
@@ -378,4 +378,4 @@ if __name__ == "__main__":
     # timm registrations) themselves.
     from repro.train import main as entry
 
-    entry()
+    hydra_cli(entry, "python -m repro.train")
