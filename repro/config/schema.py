@@ -31,7 +31,7 @@ Norm = StrEnum("Norm", ["bn", "none", "gn", "ln"])
 Act = StrEnum("Act", ["sigmoid", "relu"])
 OptimName = StrEnum("OptimName", ["sgd", "adam"])
 Schedule = StrEnum("Schedule", ["constant", "exponential"])
-Resume = StrEnum("Resume", ["never", "auto"])
+Resume = StrEnum("Resume", ["never", "auto", "force"])  # force: auto, and a checkpoint without its run's identity too
 WandbMode = StrEnum("WandbMode", ["offline", "online", "disabled"])
 ProgressMode = StrEnum("ProgressMode", ["auto", "on", "off"])
 

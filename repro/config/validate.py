@@ -69,7 +69,7 @@ RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("family", ((lambda v, c: _experiment_family(c.experiment) in (None, v)),
                 "the family its experiment's file selects (leave family= out; experiment=fig1_bn family=imagenet "
                 "would train an Inception under the name fig1_bn)")),
-    ("resume", _one_of("never", "auto")),
+    ("resume", _one_of("never", "auto", "force")),
     ("runs_dir", ((lambda v, c: bool(v)), "a directory")),
     ("data.name", _one_of(*DATASETS, *FOLDER_DATASETS)),
     ("data.source", _one_of(*SOURCES)),

@@ -175,7 +175,7 @@ def finished(run_dir: Path) -> bool:
 def find_resumable(cfg: Config, facts: dict | None = None) -> Path | None:
     """With resume=auto: the latest run of the identical config that left a checkpoint or finished
     (a later directory a run left before its first checkpoint has nothing to resume)."""
-    if cfg.resume != "auto":
+    if cfg.resume not in ("auto", "force"):
         return None
     done = [p for p in existing_run_dirs(cfg, facts) if (p / "summary.json").exists() or (p / "ckpt.pt").exists()]
     return done[-1] if done else None
@@ -351,8 +351,12 @@ def check_checkpoint(ckpt, path: Path, cfg: Config, data: dict, fix: str = _NEW_
         raise ReproError(f"{path} is not a repro.train checkpoint (it lacks {', '.join(missing)}): {fix}")
     mine = run_identity(cfg, run_facts(world_size, data))
     theirs = ckpt.get("identity")
-    if theirs is None:
+    if theirs is None and (cfg.resume == "force" or fix != _NEW_RUN):  # asked for, or only read (evaluate)
         log.warning("%s predates checkpoints that carry their run's identity: its identity is not checked", path)
+    elif theirs is None:
+        raise ReproError(f"{path} carries no run identity (written before checkpoints did), so nothing shows it is "
+                         f"this run's: pass resume=force to continue it unchecked, or resume=never to start a new "
+                         f"run beside it")
     elif theirs["config_hash"] != mine["config_hash"]:
         raise ReproError(f"{path} belongs to run {theirs['run']}, not to this run {mine['run']} (another seed or "
                          f"config): {fix}")
