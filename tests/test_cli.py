@@ -4,6 +4,7 @@ the experiments, the scales and the commands to run. In-process (Hydra's entry w
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -60,3 +61,16 @@ def test_help_lists_every_experiment_and_scale_and_the_commands(monkeypatch, cap
     for command in ("python -m repro.train experiment=", "python -m repro.train -m ", "python -m repro.report fig1"):
         assert command in out
     assert "powered by Hydra" not in out
+
+
+def test_a_sweeps_jobs_record_their_own_overrides(monkeypatch, capsys, tmp_path):
+    """env.json's `overrides` is each job's own (seed=1, seed=2), what reruns it alone; `argv` the sweep's line."""
+    code, _, err = entry(monkeypatch, capsys, "-m", "experiment=fig1_bn", "scale=smoke", "seed=1,2",
+                         "train.steps=20", "train.eval_every=10", f"runs_dir={tmp_path}")
+    assert code == 0, err
+    envs = sorted((json.loads(p.read_text()) for p in tmp_path.glob("fig1_bn-smoke-s*/env.json")),
+                  key=lambda e: e["run_dir"])
+    assert [sorted(e["overrides"]) for e in envs] == [
+        sorted(["experiment=fig1_bn", "scale=smoke", f"seed={s}", "train.steps=20", "train.eval_every=10",
+                f"runs_dir={tmp_path}"]) for s in (1, 2)]
+    assert all("seed=1,2" in e["argv"] for e in envs)

@@ -245,7 +245,17 @@ def git_commit() -> str | None:
         return None
 
 
+def job_overrides() -> list[str] | None:
+    """This job's own overrides under Hydra (in a `-m` sweep one job's, not the sweep's comma lists): what
+    reruns it alone as `python -m repro.train OVERRIDES`; None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 def environment(device: torch.device, world_size: int = 1) -> dict:
+    """What a run ran on and was started with: `argv` is the process's command (a sweep's whole `-m` line),
+    `overrides` the job's own (job_overrides)."""
     import timm
     import torchvision
 
@@ -261,6 +271,7 @@ def environment(device: torch.device, world_size: int = 1) -> dict:
         "world_size": world_size,
         "git_commit": git_commit(),
         "argv": sys.argv,
+        "overrides": job_overrides(),
     }
 
 
