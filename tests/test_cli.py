@@ -74,3 +74,12 @@ def test_a_sweeps_jobs_record_their_own_overrides(monkeypatch, capsys, tmp_path)
         sorted(["experiment=fig1_bn", "scale=smoke", f"seed={s}", "train.steps=20", "train.eval_every=10",
                 f"runs_dir={tmp_path}"]) for s in (1, 2)]
     assert all("seed=1,2" in e["argv"] for e in envs)
+
+
+def test_the_slurm_launcher_without_srun_is_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, as on a laptop
+    code, _, err = entry(monkeypatch, capsys, "-m", "hydra/launcher=slurm", "experiment=fig1_bn", "scale=smoke",
+                         f"runs_dir={tmp_path}")
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "srun is not on this machine's PATH" in lines[0], err
+    assert "drop hydra/launcher=slurm" in lines[0]

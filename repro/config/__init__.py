@@ -106,3 +106,9 @@ def hydra_cli(main, command: str) -> None:
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {refusal(e, command)}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as e:  # submitit's launcher off a SLURM cluster: "Could not detect "srun""
+        if "srun" not in str(e):
+            raise
+        print("error: hydra/launcher=slurm submits through SLURM, but srun is not on this machine's PATH: run the "
+              "command on a SLURM login node, or drop hydra/launcher=slurm to train here", file=sys.stderr)
+        sys.exit(2)
