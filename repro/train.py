@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -102,8 +103,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict, 
     losses = torch.zeros(cfg.train.log_every, device=device)  # per-step losses, read once per window
     ckpt, start, wall0, wandb_id, resumes = _resume(cfg, run_dir, net, optimizer, data, losses)
     wandb_id = wandb_id or wandb_mirror.new_id()  # one wandb run per run directory, resumes included
-    # BN statistics stay per replica (§4.2): buffers are not broadcast from rank 0 every step.
-    model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if dist.is_distributed() else net
+    model = dist.ddp(net) if dist.is_distributed() else net  # BN statistics per replica (§4.2)
     step_model = torch.compile(model) if cfg.train.compile else model
 
     run_dir, metrics = _open_run_dir(cfg, device, run_dir, held, data, start if ckpt else None, wandb_id)
@@ -233,15 +233,26 @@ def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, los
                 status, stopped_at = "preempted", done
                 break
     except KeyboardInterrupt:
-        run_dir, saved = record.run_dir, record.saved
-        where = (f"{run_dir / 'ckpt.pt'} holds step {saved}: rerun the same command with resume=auto to "
-                 f"continue from it" if saved is not None else
-                 f"no checkpoint was saved yet (train.checkpoint_every={t_cfg.checkpoint_every}), so a rerun "
-                 f"starts over; {run_dir} can be deleted")
-        raise Interrupted(f"interrupted at step {step}; {where}") from None
+        raise Interrupted(f"interrupted at step {step}; {_resume_point(record)}") from None
+    except RuntimeError as e:  # under torchrun: a collective failed because another rank died or was stopped
+        if not dist.is_distributed():
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:120]  # gloo's source position and advice off
+        raise ReproError(f"rank {dist.rank()} lost the other ranks at step {step} ({why}): the other ranks' output "
+                         f"says why they stopped; {_resume_point(record)}") from None
     finally:
         record.shown.close()
     return status, stopped_at
+
+
+def _resume_point(record: Record) -> str:
+    """Where a stopped run continues from, for its one-line message."""
+    run_dir, saved = record.run_dir, record.saved
+    return (f"{run_dir / 'ckpt.pt'} holds step {saved}: rerun the same command with resume=auto to continue from it"
+            if saved is not None else
+            f"no checkpoint was saved yet (train.checkpoint_every={record.cfg.train.checkpoint_every}), so a rerun "
+            f"starts over; {run_dir} can be deleted")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,14 +353,16 @@ register_configs()
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
-    cfg = None
+    cfg, summary = None, None
     try:
         cfg = to_config(dcfg)
         summary = run(cfg)
     except ReproError as e:
         return failed(str(e), 2)
     except KeyboardInterrupt as e:  # Ctrl-C: one line saying where the last checkpoint is, then stop (a sweep too)
-        print(f"error: {e or 'interrupted; resume=auto continues from the last checkpoint, if one was saved'}", file=sys.stderr)
+        if dist.is_main():  # under torchrun every rank was interrupted: rank 0 says so
+            print(f"error: {e or 'interrupted; resume=auto continues from the last checkpoint, if one was saved'}",
+                  file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # a bug: the traceback, but a sweep still runs its other jobs
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -357,7 +370,7 @@ def main(dcfg: DictConfig) -> None:
         log.exception("job failed")
         return failed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1)
     finally:
-        dist.teardown()
+        dist.teardown(clean=summary is not None)  # a rank that failed waits for no other
     if summary["status"] == "preempted":  # one line, then the launcher's own handler (submitit requeues) or exit 75
         again = "" if cfg.resume == "auto" else " with resume=auto"
         print(f"preempted at step {summary['preempted_at']} by {summary['preempted_by']}: checkpoint in "
