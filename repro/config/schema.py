@@ -17,7 +17,16 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+def _conf_dir() -> str:
+    """The YAML configs: repro/conf inside an installed package (pyproject.toml ships conf/ there), else conf/
+    beside the package (a source checkout, an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "conf"
+    return str(shipped if (shipped / "config.yaml").is_file() else package.parent / "conf")
+
+
+CONF_DIR = _conf_dir()
 
 # ----------------------------------------------------------------------------------------------
 # Choices: a value outside them fails when Hydra composes (`--cfg job`, each job of a `-m` sweep or SLURM
