@@ -33,7 +33,7 @@ from repro.errors import ReproError, failed
 from repro.models import build_model, create_model_args  # also registers the paper's networks with timm
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
-from repro.runs import dist, files, process, progress, rundir, wandb_mirror
+from repro.runs import dist, files, process, progress, rundir, startpoint, wandb_mirror
 from repro.runs.divergence import DivergenceRule
 from repro.runs.preempt import Preemption, hand_over
 
@@ -102,6 +102,8 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict, 
     net, optimizer, probe = _build(cfg, data, device)
     losses = torch.zeros(cfg.train.log_every, device=device)  # per-step losses, read once per window
     ckpt, start, wall0, wandb_id, resumes = _resume(cfg, run_dir, net, optimizer, data, losses)
+    if ckpt is None and cfg.train.init_from:  # timm's --initial-checkpoint
+        held["init"] = startpoint.initial_weights(net, cfg.train.init_from)
     wandb_id = wandb_id or wandb_mirror.new_id()  # one wandb run per run directory, resumes included
     model = dist.ddp(net) if dist.is_distributed() else net  # BN statistics per replica (§4.2)
     step_model = torch.compile(model) if cfg.train.compile else model
@@ -109,7 +111,7 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict, 
     run_dir, metrics = _open_run_dir(cfg, device, run_dir, held, data, start if ckpt else None, wandb_id)
 
     record = Record(cfg, run_dir, net, optimizer, data, losses, probe, metrics, held["log"],
-                    start, ckpt is not None, wall0, wandb_id, resumes)
+                    start, ckpt is not None and not cfg.train.resume_from, wall0, wandb_id, resumes)
     record.divergence = _divergence_rule(cfg, ckpt, metrics)
     with Preemption(cfg.train.preempt_signals) as preemption:
         status, stopped_at = _steps(cfg, model, step_model, optimizer, data, losses, record, start, device, preemption)
@@ -151,9 +153,11 @@ def _resume(cfg: Config, run_dir: Path | None, net: nn.Module, optimizer, data: 
     """Load the claimed run's checkpoint, if any, into the network, optimizer, data stream, loss window and
     RNGs: (checkpoint or None, start step, wall seconds so far, wandb id, steps resumed from)."""
     ckpt = rundir.load_checkpoint(run_dir) if run_dir is not None else None
+    path = run_dir / "ckpt.pt" if run_dir is not None else None
+    if cfg.train.resume_from:  # timm's --resume: this run's checkpoint from elsewhere
+        ckpt, path = startpoint.explicit_checkpoint(cfg, run_dir, ckpt)
     if ckpt is None:
         return None, 0, 0.0, None, []
-    path = run_dir / "ckpt.pt"
     rundir.check_checkpoint(ckpt, path, cfg, data.describe, world_size=dist.world_size())
     try:
         net.load_state_dict(ckpt["model"])
@@ -169,7 +173,7 @@ def _resume(cfg: Config, run_dir: Path | None, net: nn.Module, optimizer, data: 
     rngs = ckpt["rng"]
     rundir.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
     start = ckpt["step"]
-    log.info("resuming %s from step %d", run_dir, start)
+    log.info("resuming %s from step %d", run_dir or path, start)
     return ckpt, start, ckpt["wall"], ckpt["wandb_id"], ckpt.get("resumes", []) + [start]  # every step resumed from
 
 
@@ -182,7 +186,10 @@ def _open_run_dir(cfg: Config, device: torch.device, run_dir: Path | None, held:
         if run_dir is None:
             run_dir = held["made"] = rundir.new_run_dir(cfg, rundir.run_facts(dist.world_size(), data.describe))
             held["lock"] = rundir.acquire(run_dir)
-        env = rundir.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
+            if resume_step is not None:  # continued from train.resume_from: its metrics so far come along
+                startpoint.carry_metrics(cfg, run_dir, resume_step)
+        env = rundir.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)} | (
+            {"init_from": held["init"]} if "init" in held else {})
         rundir.write_run_header(run_dir, cfg, env)
         held["log"].open(run_dir)
         metrics = held["metrics"] = files.MetricsLog(run_dir, resume_step, wandb_mirror.start(run_dir, cfg, wandb_id))

@@ -162,6 +162,7 @@ def test_5_and_9_bad_values_fail_on_the_cli_before_anything_is_made(tmp_path):
     ("logger.progress=yes", "expected one of [auto, on, off]"),
     ("train.device=gpu0", "cuda:N"),
     ("data.workers=-1", "data.workers=-1"),
+    ("train.init_from=/nonexistent/w.pt", "train.init_from='/nonexistent/w.pt' is not valid: it must be null or an existing"),
 ])
 def test_9_every_value_is_checked_at_compose_time(override, needle):
     """Choices (enums in the schema, issue 19) fail inside Hydra's composition, the rest in validate: one line."""

@@ -137,6 +137,12 @@ class TrainConfig:
     # Signals that stop a run at the next step boundary with a checkpoint (repro.runs.preempt): SLURM and
     # torchrun send SIGTERM, SLURM a USR signal before the time limit (submitit: USR2). [] turns it off.
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+    # Starting points beyond resume=auto (timm's --initial-checkpoint and --resume; issue 19). init_from: start at
+    # step 0 from these weights (a ckpt.pt, model.safetensors or state dict; the path joins the identity, the file's
+    # digest is recorded). resume_from: continue from this checkpoint (this config's run, checked as resume=auto
+    # checks one; e.g. copied from another machine) in a new run directory, its metrics so far carried along.
+    init_from: str | None = None
+    resume_from: str | None = None
 
 
 @dataclass

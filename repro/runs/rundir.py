@@ -42,14 +42,16 @@ log = logging.getLogger("repro.resume")
 # Keys that do not change what a run computes, so they stay out of its identity hash.
 _NOT_IDENTITY = ("resume", "runs_dir", "logger")
 # The divergence rule and the preemption signals say when a run stops, not what it computes up to then.
-_NOT_IDENTITY_TRAIN = ("device", "threads", "diverge_factor", "diverge_logs", "preempt_signals")
+# resume_from says where a run continues from, not what it computes (resumes are bit-identical).
+_NOT_IDENTITY_TRAIN = ("device", "threads", "diverge_factor", "diverge_logs", "preempt_signals", "resume_from")
 _NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differs between machines
 
 # Keys that joined the schema after runs were recorded, with the value those runs ran with. A recorded
 # config without such a key is read with that value (`recorded_config`), and the key stays out of the
 # identity at that value or at None (a switch the model does not take), so every run recorded before it
 # keeps its identity and its directory's name.
-LATER_KEYS = {("model", "pools"): "symmetric", ("train", "eval_log"): 0}
+LATER_KEYS = {("model", "pools"): "symmetric", ("train", "eval_log"): 0, ("train", "init_from"): None,
+              ("train", "resume_from"): None}
 
 CHECKPOINT_KEYS = ("model", "optimizer", "data", "rng", "step", "wall", "wandb_id")
 # The source is provenance, not identity: the same images read from Debian's package or a torchvision copy
@@ -122,7 +124,7 @@ def identity_dict(d: dict, with_seed: bool = False, facts: dict | None = None) -
     d["data"] = {k: v for k, v in d["data"].items() if k not in _NOT_IDENTITY_DATA}
     for (group, key), value in LATER_KEYS.items():
         if d[group].get(key) in (value, None):
-            del d[group][key]
+            d[group].pop(key, None)
     if facts:
         d["facts"] = dict(facts)
     return d
@@ -303,9 +305,13 @@ def export_weights(run_dir: Path, model_state: dict, create_model: dict) -> dict
 
 
 def load_checkpoint(run_dir: Path) -> dict | None:
+    """The run directory's ckpt.pt, or None where it has none."""
     path = run_dir / "ckpt.pt"
-    if not path.exists():
-        return None
+    return load_checkpoint_file(path) if path.exists() else None
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    """A checkpoint file, under torch.load(weights_only=True); a damaged one is a one-line ReproError."""
     try:
         try:  # tensors, lists and numbers only: torch.load's default, as any user loads it (issue 19)
             return torch.load(path, map_location="cpu", weights_only=True)
