@@ -52,3 +52,12 @@ def test_initial_weights_and_an_explicit_checkpoint(tmp_path):
         run(compose_config([*SHORT, f"runs_dir={tmp_path / 'c'}", f"train.resume_from={cut_dir / 'ckpt.pt'}"]))
     with pytest.raises(ReproError, match="belongs to run fig1_bn-smoke-s1-.*not to this run fig1_bn-smoke-s2-"):  # another seed's checkpoint
         run(compose_config([*SHORT, "seed=2", f"runs_dir={tmp_path / 'e'}", f"train.resume_from={cut_dir / 'ckpt.pt'}"]))
+
+
+def test_a_stack_refuses_the_starting_points_it_does_not_take(tmp_path):
+    from repro.stacked.mlp import run as run_stacked
+
+    (tmp_path / "w.pt").write_bytes(b"")
+    with pytest.raises(ReproError, match="use python -m repro.train for train.init_from"):
+        run_stacked([*SHORT, f"runs_dir={tmp_path}", f"train.init_from={tmp_path / 'w.pt'}"])
+    assert not any(tmp_path.glob("fig1_bn-*"))
