@@ -5,6 +5,7 @@ the experiments, the scales and the commands to run. In-process (Hydra's entry w
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import pytest
@@ -21,6 +22,8 @@ def entry(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     GlobalHydra.instance().clear()
     monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # hydra_cli sets it; restored after the test
     monkeypatch.setattr(sys, "argv", ["repro.train", *args])
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # Hydra's job logging points the root logger at this stdout
     code = 0
     try:
         hydra_cli(main, "python -m repro.train")
@@ -28,6 +31,8 @@ def entry(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
         code = e.code or 0
     finally:
         GlobalHydra.instance().clear()
+        root.handlers[:] = handlers
+        root.setLevel(level)
     out = capsys.readouterr()
     return code, out.out, out.err
 
