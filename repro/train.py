@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import sys
 import time
@@ -25,14 +26,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from torch import nn
 
-from repro.config import CONF_DIR, Config, register_configs, to_config, validate
+from repro.config import CONF_DIR, Config, hydra_cli, register_configs, to_config, validate
 from repro.data import loaders
 from repro.data.training import Data
 from repro.errors import ReproError, failed
 from repro.models import build_model, create_model_args  # also registers the paper's networks with timm
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, lr_at, peak_lr, set_lr
-from repro.runs import dist, files, process, progress, rundir, wandb_mirror
+from repro.runs import dist, files, process, progress, rundir, startpoint, wandb_mirror
 from repro.runs.divergence import DivergenceRule
 from repro.runs.preempt import Preemption, hand_over
 
@@ -101,15 +102,16 @@ def _train(cfg: Config, device: torch.device, run_dir: Path | None, held: dict, 
     net, optimizer, probe = _build(cfg, data, device)
     losses = torch.zeros(cfg.train.log_every, device=device)  # per-step losses, read once per window
     ckpt, start, wall0, wandb_id, resumes = _resume(cfg, run_dir, net, optimizer, data, losses)
+    if ckpt is None and cfg.train.init_from:  # timm's --initial-checkpoint
+        held["init"] = startpoint.initial_weights(net, cfg.train.init_from)
     wandb_id = wandb_id or wandb_mirror.new_id()  # one wandb run per run directory, resumes included
-    # BN statistics stay per replica (§4.2): buffers are not broadcast from rank 0 every step.
-    model = nn.parallel.DistributedDataParallel(net, broadcast_buffers=False) if dist.is_distributed() else net
+    model = dist.ddp(net) if dist.is_distributed() else net  # BN statistics per replica (§4.2)
     step_model = torch.compile(model) if cfg.train.compile else model
 
     run_dir, metrics = _open_run_dir(cfg, device, run_dir, held, data, start if ckpt else None, wandb_id)
 
     record = Record(cfg, run_dir, net, optimizer, data, losses, probe, metrics, held["log"],
-                    start, ckpt is not None, wall0, wandb_id, resumes)
+                    start, ckpt is not None and not cfg.train.resume_from, wall0, wandb_id, resumes)
     record.divergence = _divergence_rule(cfg, ckpt, metrics)
     with Preemption(cfg.train.preempt_signals) as preemption:
         status, stopped_at = _steps(cfg, model, step_model, optimizer, data, losses, record, start, device, preemption)
@@ -151,9 +153,11 @@ def _resume(cfg: Config, run_dir: Path | None, net: nn.Module, optimizer, data: 
     """Load the claimed run's checkpoint, if any, into the network, optimizer, data stream, loss window and
     RNGs: (checkpoint or None, start step, wall seconds so far, wandb id, steps resumed from)."""
     ckpt = rundir.load_checkpoint(run_dir) if run_dir is not None else None
+    path = run_dir / "ckpt.pt" if run_dir is not None else None
+    if cfg.train.resume_from:  # timm's --resume: this run's checkpoint from elsewhere
+        ckpt, path = startpoint.explicit_checkpoint(cfg, run_dir, ckpt)
     if ckpt is None:
         return None, 0, 0.0, None, []
-    path = run_dir / "ckpt.pt"
     rundir.check_checkpoint(ckpt, path, cfg, data.describe, world_size=dist.world_size())
     try:
         net.load_state_dict(ckpt["model"])
@@ -169,7 +173,7 @@ def _resume(cfg: Config, run_dir: Path | None, net: nn.Module, optimizer, data: 
     rngs = ckpt["rng"]
     rundir.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
     start = ckpt["step"]
-    log.info("resuming %s from step %d", run_dir, start)
+    log.info("resuming %s from step %d", run_dir or path, start)
     return ckpt, start, ckpt["wall"], ckpt["wandb_id"], ckpt.get("resumes", []) + [start]  # every step resumed from
 
 
@@ -182,7 +186,10 @@ def _open_run_dir(cfg: Config, device: torch.device, run_dir: Path | None, held:
         if run_dir is None:
             run_dir = held["made"] = rundir.new_run_dir(cfg, rundir.run_facts(dist.world_size(), data.describe))
             held["lock"] = rundir.acquire(run_dir)
-        env = rundir.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)}
+            if resume_step is not None:  # continued from train.resume_from: its metrics so far come along
+                startpoint.carry_metrics(cfg, run_dir, resume_step)
+        env = rundir.environment(device, dist.world_size()) | {"data": data.describe, "run_dir": str(run_dir)} | (
+            {"init_from": held["init"]} if "init" in held else {})
         rundir.write_run_header(run_dir, cfg, env)
         held["log"].open(run_dir)
         metrics = held["metrics"] = files.MetricsLog(run_dir, resume_step, wandb_mirror.start(run_dir, cfg, wandb_id))
@@ -233,15 +240,26 @@ def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, los
                 status, stopped_at = "preempted", done
                 break
     except KeyboardInterrupt:
-        run_dir, saved = record.run_dir, record.saved
-        where = (f"{run_dir / 'ckpt.pt'} holds step {saved}: rerun the same command with resume=auto to "
-                 f"continue from it" if saved is not None else
-                 f"no checkpoint was saved yet (train.checkpoint_every={t_cfg.checkpoint_every}), so a rerun "
-                 f"starts over; {run_dir} can be deleted")
-        raise Interrupted(f"interrupted at step {step}; {where}") from None
+        raise Interrupted(f"interrupted at step {step}; {_resume_point(record)}") from None
+    except RuntimeError as e:  # under torchrun: a collective failed because another rank died or was stopped
+        if not dist.is_distributed():
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        why = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:120]  # gloo's source position and advice off
+        raise ReproError(f"rank {dist.rank()} lost the other ranks at step {step} ({why}): the other ranks' output "
+                         f"says why they stopped; {_resume_point(record)}") from None
     finally:
         record.shown.close()
     return status, stopped_at
+
+
+def _resume_point(record: Record) -> str:
+    """Where a stopped run continues from, for its one-line message."""
+    run_dir, saved = record.run_dir, record.saved
+    return (f"{run_dir / 'ckpt.pt'} holds step {saved}: rerun the same command with resume=auto to continue from it"
+            if saved is not None else
+            f"no checkpoint was saved yet (train.checkpoint_every={record.cfg.train.checkpoint_every}), so a rerun "
+            f"starts over; {run_dir} can be deleted")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,14 +360,16 @@ register_configs()
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
-    cfg = None
+    cfg, summary = None, None
     try:
         cfg = to_config(dcfg)
         summary = run(cfg)
     except ReproError as e:
         return failed(str(e), 2)
     except KeyboardInterrupt as e:  # Ctrl-C: one line saying where the last checkpoint is, then stop (a sweep too)
-        print(f"error: {e or 'interrupted; resume=auto continues from the last checkpoint, if one was saved'}", file=sys.stderr)
+        if dist.is_main():  # under torchrun every rank was interrupted: rank 0 says so
+            print(f"error: {e or 'interrupted; resume=auto continues from the last checkpoint, if one was saved'}",
+                  file=sys.stderr)
         sys.exit(130)
     except Exception as e:  # a bug: the traceback, but a sweep still runs its other jobs
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -357,7 +377,7 @@ def main(dcfg: DictConfig) -> None:
         log.exception("job failed")
         return failed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}", 1)
     finally:
-        dist.teardown()
+        dist.teardown(clean=summary is not None)  # a rank that failed waits for no other
     if summary["status"] == "preempted":  # one line, then the launcher's own handler (submitit requeues) or exit 75
         again = "" if cfg.resume == "auto" else " with resume=auto"
         print(f"preempted at step {summary['preempted_at']} by {summary['preempted_by']}: checkpoint in "
@@ -378,4 +398,4 @@ if __name__ == "__main__":
     # timm registrations) themselves.
     from repro.train import main as entry
 
-    entry()
+    hydra_cli(entry, "python -m repro.train")

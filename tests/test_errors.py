@@ -89,14 +89,22 @@ def test_10_checkpoints_of_another_network_or_without_keys_are_one_line_errors(t
     cfg = compose_config(ov)
     run_killed_after(cfg, 70)
     (d,) = tmp_path.glob("fig1_bn-*")
-    del baseline["identity"]  # as a checkpoint written before identities: the network itself must not fit
-    torch.save(baseline, d / "ckpt.pt")
-    with pytest.raises(ReproError, match="does not fit this run's network") as e:
+    own = torch.load(d / "ckpt.pt", weights_only=True)
+    del own["identity"], baseline["identity"]  # as checkpoints written before identities
+    torch.save(own, d / "ckpt.pt")
+    with pytest.raises(ReproError, match="carries no run identity.*pass resume=force") as e:  # refused unless asked
         run(cfg)
+    assert "\n" not in str(e.value)
+    forced = compose_config([*ov, "resume=force"])
+    torch.save(baseline, d / "ckpt.pt")  # asked for, the network itself must still fit
+    with pytest.raises(ReproError, match="does not fit this run's network") as e:
+        run(forced)
     assert "\n" not in str(e.value)
     torch.save({"weights": torch.zeros(3)}, d / "ckpt.pt")
     with pytest.raises(ReproError, match="not a repro.train checkpoint.*lacks model"):
         run(cfg)
+    torch.save(own, d / "ckpt.pt")
+    assert run(forced)["status"] == "complete" and (d / "summary.json").exists()
 
 
 def test_3_resume_refuses_data_that_changed_between_starts(tmp_path, monkeypatch):
@@ -149,11 +157,12 @@ def test_5_and_9_bad_values_fail_on_the_cli_before_anything_is_made(tmp_path):
     ("data.shuffle=yes", "expected one of [full, fixed_batches]"),
     ("optim.schedule=cosine", "expected one of [constant, exponential]"),
     ("optim.name=rmsprop", "expected one of [sgd, adam]"),
-    ("resume=always", "expected one of [never, auto]"),
+    ("resume=always", "expected one of [never, auto, force]"),
     ("model.norm=batch", "Invalid value 'batch', expected one of [bn, none, gn, ln], full_key: model.norm"),
     ("logger.progress=yes", "expected one of [auto, on, off]"),
     ("train.device=gpu0", "cuda:N"),
     ("data.workers=-1", "data.workers=-1"),
+    ("train.init_from=/nonexistent/w.pt", "train.init_from='/nonexistent/w.pt' is not valid: it must be null or an existing"),
 ])
 def test_9_every_value_is_checked_at_compose_time(override, needle):
     """Choices (enums in the schema, issue 19) fail inside Hydra's composition, the rest in validate: one line."""

@@ -7,6 +7,8 @@ import ast
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 PACKAGE = ROOT / "repro"
@@ -110,3 +112,21 @@ def test_top_level_is_packages_and_a_handful_of_entry_modules():
 def test_every_module_opens_with_its_purpose():
     for path in sorted(PACKAGE.rglob("*.py")):
         assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(ROOT)} opens with no docstring"
+
+
+def test_the_package_ships_every_package_and_the_configs():
+    """pyproject.toml lists repro's packages by name (so conf/ can ship inside as repro/conf, and an installed,
+    not only an editable, repro finds its configs): every package under repro/ is listed, and every YAML under
+    conf/ matches the package data's patterns."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = {_module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
+    assert set(tool["packages"]) == packages | {"repro.conf"}
+    assert tool["package-dir"] == {"repro.conf": "conf"}
+    patterns = tool["package-data"]["repro.conf"]
+    for path in (ROOT / "conf").rglob("*"):
+        if path.is_file():
+            rel = str(path.relative_to(ROOT / "conf"))
+            assert any(fnmatch.fnmatch(rel, p) for p in patterns), f"conf/{rel} would not ship"

@@ -52,3 +52,24 @@ def test_mlp_rejects_unknown_switch():
         assert "lrn" in str(e)
     else:
         raise AssertionError("unknown switch accepted")
+
+
+def test_fold_bn_folds_all_three_of_the_bn_mlps_norms():
+    """fold_bn finds the MLP's Linear -> BN pairs inside each hidden layer (no Sequential holds them) and the
+    folded network gives the eval-mode outputs."""
+    from repro.models import fold_bn
+
+    torch.manual_seed(0)
+    m = _mlp("bn")
+    for bn in (b for b in m.modules() if isinstance(b, nn.BatchNorm1d)):  # statistics a misfold would show
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.uniform_(bn.bias, -0.5, 0.5)
+    folded = fold_bn(m)
+    assert sum(isinstance(b, nn.BatchNorm1d) for b in m.modules()) == 3 and m.training  # input untouched
+    assert not any(isinstance(b, nn.BatchNorm1d) for b in folded.modules())
+    assert all(layer.fc.bias is not None for layer in folded.hidden)  # β and the statistics went into the bias
+    x = torch.rand(16, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), m.eval()(x), rtol=1e-5, atol=1e-6)

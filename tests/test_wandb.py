@@ -4,6 +4,7 @@ a killed-and-resumed run replayed into one history by `python -m repro.wandb syn
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from repro.runs import files
@@ -44,6 +45,7 @@ def test_killed_and_resumed_offline_run_replays_into_one_history(smoke, tmp_path
 
     # sync: one history from the local files, the same id; a second sync adds nothing
     replays = tmp_path / "runs" / "wandb" / "replay" / run_dir.name
+    synced_at = time.time()
     assert wandb_main(["sync", str(run_dir), "--mode", "offline"]) == 0
     assert "replayed 7 step(s)" in capsys.readouterr().out
     (folder,) = _offline(replays)
@@ -54,6 +56,12 @@ def test_killed_and_resumed_offline_run_replays_into_one_history(smoke, tmp_path
         [r["test_acc"] for r in files.read_jsonl(run_dir / "metrics.jsonl") if "test_acc" in r]
     assert replayed.summary["final_test_acc"] == summary["final_test_acc"]
     assert replayed.run.run_group == "fig1_bn-smoke" and sorted(replayed.tags) == sorted(live[0].tags)
+    # the training's times, console and nothing of the replaying process's own
+    rows, walls = [r for r in replayed.history if "step" in r], [r["wall"] for r in files.read_jsonl(run_dir / "metrics.jsonl")]
+    assert [round(r["_timestamp"] - rows[0]["_timestamp"], 3) for r in rows] == [round(w - walls[0], 3) for w in walls]
+    assert rows[-1]["_timestamp"] <= synced_at  # the training's clock, before the sync began
+    assert replayed.file("output.log").read_text() == (run_dir / "train.log").read_text()
+    assert not any(r.WhichOneof("record_type") == "stats" for r in replayed.records)
     log = next(folder.glob("run-*.wandb"))
     before = log.read_bytes()
     assert wandb_main(["sync", str(run_dir), "--mode", "offline"]) == 0

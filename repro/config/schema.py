@@ -17,7 +17,16 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+def _conf_dir() -> str:
+    """The YAML configs: repro/conf inside an installed package (pyproject.toml ships conf/ there), else conf/
+    beside the package (a source checkout, an editable install)."""
+    package = Path(__file__).resolve().parents[1]
+    shipped = package / "conf"
+    return str(shipped if (shipped / "config.yaml").is_file() else package.parent / "conf")
+
+
+CONF_DIR = _conf_dir()
 
 # ----------------------------------------------------------------------------------------------
 # Choices: a value outside them fails when Hydra composes (`--cfg job`, each job of a `-m` sweep or SLURM
@@ -31,7 +40,7 @@ Norm = StrEnum("Norm", ["bn", "none", "gn", "ln"])
 Act = StrEnum("Act", ["sigmoid", "relu"])
 OptimName = StrEnum("OptimName", ["sgd", "adam"])
 Schedule = StrEnum("Schedule", ["constant", "exponential"])
-Resume = StrEnum("Resume", ["never", "auto"])
+Resume = StrEnum("Resume", ["never", "auto", "force"])  # force: auto, and a checkpoint without its run's identity too
 WandbMode = StrEnum("WandbMode", ["offline", "online", "disabled"])
 ProgressMode = StrEnum("ProgressMode", ["auto", "on", "off"])
 
@@ -128,6 +137,12 @@ class TrainConfig:
     # Signals that stop a run at the next step boundary with a checkpoint (repro.runs.preempt): SLURM and
     # torchrun send SIGTERM, SLURM a USR signal before the time limit (submitit: USR2). [] turns it off.
     preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1", "SIGUSR2"])
+    # Starting points beyond resume=auto (timm's --initial-checkpoint and --resume; issue 19). init_from: start at
+    # step 0 from these weights (a ckpt.pt, model.safetensors or state dict; the path joins the identity, the file's
+    # digest is recorded). resume_from: continue from this checkpoint (this config's run, checked as resume=auto
+    # checks one; e.g. copied from another machine) in a new run directory, its metrics so far carried along.
+    init_from: str | None = None
+    resume_from: str | None = None
 
 
 @dataclass

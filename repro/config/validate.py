@@ -69,7 +69,7 @@ RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("family", ((lambda v, c: _experiment_family(c.experiment) in (None, v)),
                 "the family its experiment's file selects (leave family= out; experiment=fig1_bn family=imagenet "
                 "would train an Inception under the name fig1_bn)")),
-    ("resume", _one_of("never", "auto")),
+    ("resume", _one_of("never", "auto", "force")),
     ("runs_dir", ((lambda v, c: bool(v)), "a directory")),
     ("data.name", _one_of(*DATASETS, *FOLDER_DATASETS)),
     ("data.source", _one_of(*SOURCES)),
@@ -117,6 +117,10 @@ RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("train.probe_units", _POSITIVE),
     ("train.probe_batch", _POSITIVE),
     ("train.checkpoint_every", _NON_NEGATIVE),
+    ("train.init_from", ((lambda v, c: v is None or Path(v).expanduser().is_file()),
+                         "null or an existing weights file (a run's ckpt.pt or model.safetensors, a state dict)")),
+    ("train.resume_from", ((lambda v, c: v is None or (Path(v).expanduser().is_file() and c.train.init_from is None)),
+                           "null or an existing checkpoint (a run's ckpt.pt), without train.init_from")),
     ("train.threads", _NON_NEGATIVE),
     ("train.diverge_factor", ((lambda v, c: v == 0 or v > 1), "0 (NaN/inf only) or > 1")),
     ("train.diverge_logs", _POSITIVE),
@@ -194,4 +198,7 @@ def check(cfg: Any) -> Any:
         raise ReproError("; ".join(found))
     for key in PATHS:
         _set(cfg, key, _absolute(_get(cfg, key)))
+    for key in ("train.init_from", "train.resume_from"):  # optional paths
+        if _get(cfg, key) is not None:
+            _set(cfg, key, _absolute(_get(cfg, key)))
     return cfg

@@ -32,11 +32,33 @@ def _fold(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     return folded
 
 
+def _traced_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """(layer, BN) names where torch.fx's trace shows the BN called on the layer's output and on nothing
+    else, each module called once: the pairs of any network fx traces (the MLP's fc -> norm inside each
+    hidden layer, which no Sequential holds). [] where fx cannot trace the network."""
+    try:
+        graph = torch.fx.symbolic_trace(model).graph
+    except Exception:  # e.g. data-dependent control flow: the Sequential pairs only
+        return []
+    calls = [n for n in graph.nodes if n.op == "call_module"]
+    once = {t for t in (n.target for n in calls) if sum(m.target == t for m in calls) == 1}
+    return [(n.args[0].target, n.target) for n in calls
+            if len(n.args) == 1 and not n.kwargs and isinstance(n.args[0], torch.fx.Node)
+            and n.args[0].op == "call_module" and len(n.args[0].users) == 1
+            and n.target in once and n.args[0].target in once]
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
 def fold_bn(model: nn.Module) -> nn.Module:
     """Eval-mode copy of `model` with every Conv2d->BatchNorm2d and Linear->BatchNorm1d pair folded.
 
-    Pairs are adjacent children of an nn.Sequential, whose order is its execution order; the BN is
-    replaced by nn.Identity. The input model is not modified.
+    Pairs are adjacent children of an nn.Sequential, whose order is its execution order, and, in a network
+    torch.fx traces, a layer whose only use is a BN's input (the Figure 1 MLP's three); the BN is replaced
+    by nn.Identity. The input model is not modified.
     """
     model = copy.deepcopy(model).eval()
     for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
@@ -46,4 +68,9 @@ def fold_bn(model: nn.Module) -> nn.Module:
             if layer is not None and bn is not None and _foldable(layer, bn):
                 seq._modules[a] = _fold(layer, bn)
                 seq._modules[b] = nn.Identity()
+    for a, b in _traced_pairs(model):
+        layer, bn = model.get_submodule(a), model.get_submodule(b)
+        if _foldable(layer, bn):
+            _replace(model, a, _fold(layer, bn))
+            _replace(model, b, nn.Identity())
     return model

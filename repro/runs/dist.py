@@ -5,6 +5,8 @@ under `torchrun` (PyTorch DDP; gloo on CPU, NCCL on GPU). Only rank 0 writes fil
 from __future__ import annotations
 
 import datetime
+import inspect
+import logging
 import os
 from typing import Any
 
@@ -48,6 +50,8 @@ def setup(device_name: str = "auto") -> torch.device:
     _export_slurm_env()
     if launched_by_torchrun() and not is_distributed():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+        if rank() != 0:  # rank 0 says what every rank does (the data line): once, not once per rank
+            logging.getLogger("repro").setLevel(logging.WARNING)
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
@@ -55,10 +59,29 @@ def setup(device_name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def teardown() -> None:
-    if is_distributed():
-        dist.barrier()
-        dist.destroy_process_group()
+def ddp(net: torch.nn.Module) -> torch.nn.Module:
+    """`net` under DistributedDataParallel with BN statistics per replica (§4.2): buffers are not synchronized
+    at each forward. Where torch has `forward_sync_buffers`, that (its init-time broadcast copies rank 0's
+    buffers, which every rank already holds: the same seed or the same checkpoint); else broadcast_buffers,
+    which newer torch deprecates with a warning on every rank."""
+    if "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters:
+        return torch.nn.parallel.DistributedDataParallel(net, forward_sync_buffers=False)
+    return torch.nn.parallel.DistributedDataParallel(net, broadcast_buffers=False)
+
+
+def teardown(clean: bool = True) -> None:
+    """Leave the process group: after a barrier when the run ended well; at once after a failure, when the
+    other ranks may be gone (a barrier would raise, or wait for the group's timeout)."""
+    if not is_distributed():
+        return
+    try:
+        if clean:
+            dist.barrier()
+    finally:
+        try:
+            dist.destroy_process_group()
+        except RuntimeError:
+            pass
 
 
 def barrier() -> None:

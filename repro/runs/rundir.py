@@ -42,14 +42,16 @@ log = logging.getLogger("repro.resume")
 # Keys that do not change what a run computes, so they stay out of its identity hash.
 _NOT_IDENTITY = ("resume", "runs_dir", "logger")
 # The divergence rule and the preemption signals say when a run stops, not what it computes up to then.
-_NOT_IDENTITY_TRAIN = ("device", "threads", "diverge_factor", "diverge_logs", "preempt_signals")
+# resume_from says where a run continues from, not what it computes (resumes are bit-identical).
+_NOT_IDENTITY_TRAIN = ("device", "threads", "diverge_factor", "diverge_logs", "preempt_signals", "resume_from")
 _NOT_IDENTITY_DATA = ("root", "debian_dir")  # where the files are, which differs between machines
 
 # Keys that joined the schema after runs were recorded, with the value those runs ran with. A recorded
 # config without such a key is read with that value (`recorded_config`), and the key stays out of the
 # identity at that value or at None (a switch the model does not take), so every run recorded before it
 # keeps its identity and its directory's name.
-LATER_KEYS = {("model", "pools"): "symmetric", ("train", "eval_log"): 0}
+LATER_KEYS = {("model", "pools"): "symmetric", ("train", "eval_log"): 0, ("train", "init_from"): None,
+              ("train", "resume_from"): None}
 
 CHECKPOINT_KEYS = ("model", "optimizer", "data", "rng", "step", "wall", "wandb_id")
 # The source is provenance, not identity: the same images read from Debian's package or a torchvision copy
@@ -122,7 +124,7 @@ def identity_dict(d: dict, with_seed: bool = False, facts: dict | None = None) -
     d["data"] = {k: v for k, v in d["data"].items() if k not in _NOT_IDENTITY_DATA}
     for (group, key), value in LATER_KEYS.items():
         if d[group].get(key) in (value, None):
-            del d[group][key]
+            d[group].pop(key, None)
     if facts:
         d["facts"] = dict(facts)
     return d
@@ -175,7 +177,7 @@ def finished(run_dir: Path) -> bool:
 def find_resumable(cfg: Config, facts: dict | None = None) -> Path | None:
     """With resume=auto: the latest run of the identical config that left a checkpoint or finished
     (a later directory a run left before its first checkpoint has nothing to resume)."""
-    if cfg.resume != "auto":
+    if cfg.resume not in ("auto", "force"):
         return None
     done = [p for p in existing_run_dirs(cfg, facts) if (p / "summary.json").exists() or (p / "ckpt.pt").exists()]
     return done[-1] if done else None
@@ -245,7 +247,17 @@ def git_commit() -> str | None:
         return None
 
 
+def job_overrides() -> list[str] | None:
+    """This job's own overrides under Hydra (in a `-m` sweep one job's, not the sweep's comma lists): what
+    reruns it alone as `python -m repro.train OVERRIDES`; None outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 def environment(device: torch.device, world_size: int = 1) -> dict:
+    """What a run ran on and was started with: `argv` is the process's command (a sweep's whole `-m` line),
+    `overrides` the job's own (job_overrides)."""
     import timm
     import torchvision
 
@@ -261,6 +273,7 @@ def environment(device: torch.device, world_size: int = 1) -> dict:
         "world_size": world_size,
         "git_commit": git_commit(),
         "argv": sys.argv,
+        "overrides": job_overrides(),
     }
 
 
@@ -292,9 +305,13 @@ def export_weights(run_dir: Path, model_state: dict, create_model: dict) -> dict
 
 
 def load_checkpoint(run_dir: Path) -> dict | None:
+    """The run directory's ckpt.pt, or None where it has none."""
     path = run_dir / "ckpt.pt"
-    if not path.exists():
-        return None
+    return load_checkpoint_file(path) if path.exists() else None
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    """A checkpoint file, under torch.load(weights_only=True); a damaged one is a one-line ReproError."""
     try:
         try:  # tensors, lists and numbers only: torch.load's default, as any user loads it (issue 19)
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -351,8 +368,12 @@ def check_checkpoint(ckpt, path: Path, cfg: Config, data: dict, fix: str = _NEW_
         raise ReproError(f"{path} is not a repro.train checkpoint (it lacks {', '.join(missing)}): {fix}")
     mine = run_identity(cfg, run_facts(world_size, data))
     theirs = ckpt.get("identity")
-    if theirs is None:
+    if theirs is None and (cfg.resume == "force" or fix != _NEW_RUN):  # asked for, or only read (evaluate)
         log.warning("%s predates checkpoints that carry their run's identity: its identity is not checked", path)
+    elif theirs is None:
+        raise ReproError(f"{path} carries no run identity (written before checkpoints did), so nothing shows it is "
+                         f"this run's: pass resume=force to continue it unchecked, or resume=never to start a new "
+                         f"run beside it")
     elif theirs["config_hash"] != mine["config_hash"]:
         raise ReproError(f"{path} belongs to run {theirs['run']}, not to this run {mine['run']} (another seed or "
                          f"config): {fix}")

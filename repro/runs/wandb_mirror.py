@@ -4,8 +4,9 @@ Local files are the record (`repro.runs.files`, `repro.runs.rundir`); wandb show
   Live      mirrors a training run as it goes: tagged with its figure(s), scale and family, grouped by
             experiment and scale, logged at the training step, so a resumed online run skips the steps
             wandb already holds instead of logging them twice.
-  replay    rebuilds one wandb run from a run directory's metrics.jsonl and summary.json (same id); a
-            second replay of an unchanged run adds nothing. A killed-and-resumed offline run thus
+  replay    rebuilds one wandb run from a run directory's metrics.jsonl, summary.json and train.log (same id;
+            each row at the training's time, train.log as its console, no system metrics of the replaying
+            process); a second replay of an unchanged run adds nothing. A killed-and-resumed offline run thus
             uploads as one clean history (`python -m repro.wandb sync RUN_DIR...`).
   report    a `job_type=report` run: the claims table, each figure, the paper's numbers (its writer is
             repro.report.mirror, beside the reports; it opens its run through `init_run` here).
@@ -14,6 +15,7 @@ Local files are the record (`repro.runs.files`, `repro.runs.rundir`); wandb show
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import importlib
 import json
@@ -96,7 +98,10 @@ def init_run(**init):
                          f"`wandb login`, or use logger.wandb.mode=offline (sync and report: --mode/--wandb offline)") from e
 
 
-def _init(cfg: dict, wandb_id: str, name: str, mode: str, directory: Path, resume: str | None = "allow"):
+def _init(cfg: dict, wandb_id: str, name: str, mode: str, directory: Path, resume: str | None = "allow",
+          replaying: bool = False):
+    """wandb.init for a run: its labels, the step as x-axis. A replay records neither its own console nor its
+    own system metrics (those of the sync process, not of the training)."""
     import wandb
 
     w = cfg["logger"]["wandb"]
@@ -107,8 +112,8 @@ def _init(cfg: dict, wandb_id: str, name: str, mode: str, directory: Path, resum
                          f"writable folder, or logger.wandb.mode=disabled") from e
     run = init_run(project=w["project"], entity=w.get("entity"), mode=mode, dir=directory, name=name, config=cfg,
                  id=wandb_id, resume=resume, **run_labels(cfg),
-                 settings=wandb.Settings(console="auto" if w.get("console", True) else "off", silent=True,
-                                         x_disable_stats=not w.get("system_metrics", True)))
+                 settings=wandb.Settings(console="auto" if w.get("console", True) and not replaying else "off",
+                                         silent=True, x_disable_stats=replaying or not w.get("system_metrics", True)))
     run.define_metric("step")
     run.define_metric("*", step_metric="step")  # x-axis is the training step, as in the paper
     return run
@@ -178,6 +183,16 @@ def _digest(run_dir: Path) -> str:
     return h.hexdigest()
 
 
+def training_start(run_dir: Path, history: list[dict]) -> float:
+    """When the training started (epoch seconds): train.log's first time, else metrics.jsonl's last write less
+    the last logged wall time."""
+    try:
+        first = (run_dir / "train.log").read_text().split("\n", 1)[0]
+        return datetime.datetime.strptime(first[:19], "%Y-%m-%d %H:%M:%S").timestamp()
+    except (OSError, ValueError):
+        return (run_dir / "metrics.jsonl").stat().st_mtime - max((r.get("wall", 0.0) for r in history), default=0.0)
+
+
 def replay(run_dir: Path, mode: str = "online") -> tuple[Path | None, int]:
     """Mirror `run_dir`'s files into its one wandb run: (the offline folder written, or None online;
     the number of steps added). Online, the run (same id) is resumed and only steps wandb lacks are
@@ -192,14 +207,17 @@ def replay(run_dir: Path, mode: str = "online") -> tuple[Path | None, int]:
         if done.get("digest") == digest and Path(done["dir"]).is_dir():
             return Path(done["dir"]), 0
         shutil.rmtree(folder, ignore_errors=True)  # an earlier replay of fewer steps: one run, not two
-        run = _init(cfg, wandb_id, run_dir.name, "offline", folder, resume=None)
+        run = _init(cfg, wandb_id, run_dir.name, "offline", folder, resume=None, replaying=True)
     else:
-        run = _init(cfg, wandb_id, run_dir.name, "online", run_dir.parent / "wandb")
+        run = _init(cfg, wandb_id, run_dir.name, "online", run_dir.parent / "wandb", replaying=True)
     new = [r for r in history if r["step"] >= run.step]
-    for r in new:
-        run.log(scalars(r), step=r["step"])
-    if new and (panels := probe_panels(history)):
-        run.log(panels)
+    start = training_start(run_dir, history)
+    for r in new:  # each row at the training's time (its `wall` after the start), not the replay's
+        run.log(scalars(r) | ({"_timestamp": start + r["wall"]} if "wall" in r else {}), step=r["step"])
+    if (run_dir / "train.log").exists():  # the training's console, as wandb's Logs tab shows a live run's
+        shutil.copyfile(run_dir / "train.log", Path(run.dir) / "output.log")
+    if new and (panels := probe_panels(history)):  # into the last row, at its time
+        run.log(panels | ({"_timestamp": start + new[-1]["wall"]} if "wall" in new[-1] else {}))
     if summary:
         run.summary.update(_summary(summary))
     offline = Path(run.settings.sync_dir) if mode == "offline" else None

@@ -36,7 +36,7 @@ def _found(cfg: Config, facts: dict) -> Path | None:
     """With resume=auto, the latest directory of this config that finished or holds a checkpoint, a
     commit's ckpt.next.pt included (rundir.find_resumable, which knows only ckpt.pt, would miss a member
     killed before its first rename)."""
-    if cfg.resume != "auto":
+    if cfg.resume not in ("auto", "force"):
         return None
     done = [p for p in rundir.existing_run_dirs(cfg, facts) if any((p / f).exists() for f in ("summary.json", CKPT, NEXT))]
     return done[-1] if done else None

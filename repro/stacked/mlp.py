@@ -235,6 +235,9 @@ def run(overrides: list[str]) -> list[dict]:
     """Train every member the overrides' product names, one stack per seed; return their summaries (a
     preemption signal stops every stack at the next step boundary, checkpointed: status "preempted")."""
     cfgs = [compose(o) for o in expand(overrides)]
+    if any(c.train.init_from or c.train.resume_from for c in cfgs):
+        raise ReproError("repro.stacked starts each member from its seed or its own checkpoint (resume=auto): use "
+                         "python -m repro.train for train.init_from or train.resume_from")
     if any(c.model.name != "mnist_mlp" for c in cfgs):  # Figures 2-3's networks: one convolutional stack
         return convrun.run(cfgs)
     for c in cfgs:
