@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import shutil
 import sys
 import time
@@ -171,7 +170,7 @@ def _resume(cfg: Config, run_dir: Path | None, net: nn.Module, optimizer, data: 
                          f"{str(e).strip().splitlines()[0][:200]}): move it away, or pass resume=never to start a "
                          f"new run beside it") from e
     rngs = ckpt["rng"]
-    rundir.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
+    process.set_rng_state(rngs[dist.rank()] if len(rngs) == dist.world_size() else rngs[0])
     start = ckpt["step"]
     log.info("resuming %s from step %d", run_dir or path, start)
     return ckpt, start, ckpt["wall"], ckpt["wandb_id"], ckpt.get("resumes", []) + [start]  # every step resumed from
@@ -244,10 +243,8 @@ def _steps(cfg: Config, model: nn.Module, step_model, optimizer, data: Data, los
     except RuntimeError as e:  # under torchrun: a collective failed because another rank died or was stopped
         if not dist.is_distributed():
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        why = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:120]  # gloo's source position and advice off
-        raise ReproError(f"rank {dist.rank()} lost the other ranks at step {step} ({why}): the other ranks' output "
-                         f"says why they stopped; {_resume_point(record)}") from None
+        raise ReproError(f"{dist.lost_ranks(e, step)}: the other ranks' output says why they stopped; "
+                         f"{_resume_point(record)}") from None
     finally:
         record.shown.close()
     return status, stopped_at
@@ -304,7 +301,7 @@ class Record:
         return rec
 
     def checkpoint(self, step: int) -> None:
-        rngs = dist.all_gather_objects(rundir.rng_state())  # every rank's, for an exact resume
+        rngs = dist.all_gather_objects(process.rng_state())  # every rank's, for an exact resume
         windows = dist.all_gather_objects(self.losses.cpu())
         if dist.is_main():
             rundir.save_checkpoint(self.run_dir, {

@@ -10,7 +10,7 @@ import numpy as np
 import timm
 import torch
 
-from repro.runs import rundir
+from repro.runs import process, rundir
 from repro.train import run
 
 
@@ -28,14 +28,14 @@ def test_checkpoint_loads_weights_only_and_timm_loads_the_export(smoke):
 
 def test_a_checkpoint_with_numpy_rng_pickles_still_loads_and_restores(tmp_path):
     np.random.seed(3)
-    state = rundir.rng_state()
+    state = process.rng_state()
     old = state | {"numpy": np.random.get_state()}  # as checkpoints before issue 19 held it
     torch.save({"rng": [old], "step": 1}, tmp_path / "ckpt.pt")
     expected = np.random.rand(3)
     np.random.seed(0)
-    rundir.set_rng_state(rundir.load_checkpoint(tmp_path)["rng"][0])
+    process.set_rng_state(rundir.load_checkpoint(tmp_path)["rng"][0])
     assert np.array_equal(np.random.rand(3), expected)
-    rundir.set_rng_state(state)  # and the new form
+    process.set_rng_state(state)  # and the new form
     assert np.array_equal(np.random.rand(3), expected)
 
 

@@ -8,6 +8,7 @@ import datetime
 import inspect
 import logging
 import os
+import re
 from typing import Any
 
 import torch
@@ -148,3 +149,11 @@ def average_buffers(model: torch.nn.Module) -> None:
         if buf.dtype.is_floating_point and ("running_mean" in name or "running_var" in name):
             dist.all_reduce(buf, op=dist.ReduceOp.SUM)
             buf /= world_size()
+
+
+def lost_ranks(e: RuntimeError, step: int) -> str:
+    """What a rank says when a collective failed because another rank died or was stopped: gloo's first line,
+    without its source position and advice."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    why = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". ")[0][:120]
+    return f"rank {rank()} lost the other ranks at step {step} ({why})"

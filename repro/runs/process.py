@@ -1,6 +1,7 @@
 """What a run's process sets before its first step, and when it evaluates: seeds, CPU threads and cuDNN as
-the config says, and the log-spaced evaluations below the regular grid. Shared by repro.train and the
-convolutional stack (repro.stacked.convrun), so a stack's member starts as its single run does."""
+the config says, the RNG states a checkpoint keeps for an exact resume, and the log-spaced evaluations
+below the regular grid. Shared by repro.train and the stacks (repro.stacked), so a stack's member starts
+and resumes as its single run does."""
 
 from __future__ import annotations
 
@@ -42,3 +43,23 @@ def dense_eval_steps(t: TrainConfig) -> frozenset[int]:
     if not t.eval_log:
         return frozenset()
     return frozenset(int(round(x)) for x in np.geomspace(t.eval_every / 64, t.eval_every, t.eval_log + 1)[:-1]) - {0}
+
+
+def rng_state() -> dict:
+    """This process's RNG states (torch, Python, NumPy, CUDA), as a checkpoint keeps them for an exact resume:
+    tensors, tuples and numbers only, so the checkpoint loads under torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+                        if isinstance(n, dict) else n)
+    if s["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])

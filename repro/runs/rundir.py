@@ -22,7 +22,6 @@ import json
 import logging
 import pickle
 import platform
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -326,26 +325,6 @@ def load_checkpoint_file(path: Path) -> dict:
 
 # What a checkpoint written before issue 19 needs beyond tensors: NumPy's RNG state, a pickled array.
 _OLD_NUMPY_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-def rng_state() -> dict:
-    """This process's RNG states (torch, Python, NumPy, CUDA), as a checkpoint keeps them for an exact resume:
-    tensors, tuples and numbers only, so the checkpoint loads under torch.load(weights_only=True)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_rng_state(s: dict) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    n = s["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-                        if isinstance(n, dict) else n)
-    if s["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
 
 
 def run_identity(cfg: Config, facts: dict | None = None) -> dict:

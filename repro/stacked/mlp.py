@@ -33,7 +33,7 @@ from repro.data.mnist import load_splits
 from repro.errors import ReproError
 from repro.models.probe import SigmoidProbe
 from repro.optim import build_optimizer, peak_lr
-from repro.runs import rundir
+from repro.runs import process, rundir
 from repro.runs.preempt import Preemption
 from repro.stacked import convrun
 from repro.stacked.members import Member, commit, open_members
@@ -202,7 +202,7 @@ class Stack:
 
 def _checkpoint(stack: Stack, members: list[Member], stream, step: int, wall: float, window: torch.Tensor) -> None:
     """Every running member's checkpoint, committed as one (repro.stacked.members)."""
-    rng = [rundir.rng_state()]
+    rng = [process.rng_state()]
     commit(members, lambda j: {
         "model": stack.state_dict(j, members[j].cfg.model.norm),
         "optimizer": build_optimizer(members[j].net, members[j].cfg.optim).state_dict(),  # plain SGD: settings only
