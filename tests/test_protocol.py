@@ -69,6 +69,16 @@ def test_doubling_accepts_the_first_rung_every_seed_passes():
     assert (length, need, rungs[-1]["passed"]) == (9600, [], False)  # no rung accepted: L is the last
 
 
+def test_a_diverged_run_never_passes_the_doubling_test():
+    at = {2400: finals(0.70, 0.71, 0.72), 4800: finals(0.705, 0.0, 0.72), 9600: finals(0.70, 0.71, 0.72)}
+    length, need, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    assert rungs[0]["gains"][2] < 0 and not rungs[0]["passed"]  # seed 2's 2L run diverged: the rung fails
+    assert (length, need, rungs[1]["passed"]) == (None, [19200], False)  # 4,800 is now its L: fails again
+    at[19200] = finals(0.70, 0.71, 0.72)
+    length, _, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    assert (length, rungs[-1]["passed"]) == (9600, True)
+
+
 TINY = {
     "scales": ["smoke"],
     "final_accuracy": {"statistic": "tail_mean", "from": 0.5},

@@ -87,7 +87,8 @@ def choose_length(ledger: dict, finals_at: Callable[[int], Finals]) -> tuple[int
             return None, need, tested
         gains = {s: long[s] - short[s] for s in seeds}
         tested.append({"rung": rung, "at_l": short, "at_2l": long, "gains": gains,
-                       "passed": all(g <= d["margin"] for g in gains.values())})
+                       # the ledger: a diverged run (final accuracy 0) never passes a test, at L or at 2L
+                       "passed": all(gains[s] <= d["margin"] and short[s] > 0 and long[s] > 0 for s in seeds)})
         if tested[-1]["passed"]:
             return rung, [], tested
     return d["rungs"][-1], [], tested
