@@ -172,7 +172,8 @@ def _finals_from_long(long, meta: dict, ledger: dict) -> dict[tuple[float, int],
 MARKERS = "os^Dv<>p"  # one per seed
 
 
-def plot(long, meta: dict, ledger: dict, table: dict[float, Finals], rate: float, length: int, path: Path) -> None:
+def plot(long, meta: dict, ledger: dict, table: dict[float, Finals], rate: float, length: int | None,
+         path: Path) -> None:
     """Left: the rule, final accuracy against base rate (each seed, their mean, the chosen and the paper's
     rate). Right: Inception's curves at the chosen rate for each length run, the final-accuracy tail shaded."""
     seeds, frm = ledger["rate_rule"]["seeds"], ledger["final_accuracy"]["from"]
