@@ -2,7 +2,8 @@
 (issue 20; results/fig2/protocol.yaml), stage by stage, each stage reading only what the ledger says:
 
 1. the rate rule: Inception at the ledger's rates and seeds (and one more rate if an end of the grid wins);
-2. the doubling test: Inception at the rule's rate, at each rung L and at 2L, until a rung is accepted;
+2. the doubling test: Inception at the rule's rate, at each rung L and at 2L, until a rung is accepted
+   (under the ledger's `stability`, a rate with a run that never learned gives way to the next in the rule's order);
 3. the suite: the six variants x the seeds at the rule's rate (x the paper's multipliers) and the chosen L;
 4. the reports: results/fig2_rule/<scale>/ (the rule and the test) and results/fig2/<scale>/ (the claims).
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from repro.errors import ReproError
 from repro.report import ledger_for, load_ledger
 from repro.report.fig2 import VARIANTS
-from repro.report.fig2_rule import choose_length, choose_rate, finals_from_runs, rate_str
+from repro.report.fig2_rule import choose_protocol, finals_from_runs, rate_str, rule_table
 from repro.report.runs import select_runs
 
 
@@ -43,39 +44,40 @@ def run_fig2(runs_dir: Path, scale: str, ledger_path: Path, out: Path, jobs: int
     ledger = load_ledger(ledger_path)
     rule, seeds = ledger["rate_rule"], ",".join(map(str, ledger["rate_rule"]["seeds"]))
     base = [f"scale={scale}", f"seed={seeds}", *extra]
-    table: dict[float, dict] = {}
 
     def finals(rate: float, steps: int) -> dict:
         return finals_from_runs(runs_dir, scale, ledger, rate, steps)[0]
 
-    todo: list[float] = list(rule["rates"])
-    for attempt in range(3):  # the grid, its extension if an end wins, and the read after them
-        table = {r: finals(r, rule["steps"]) for r in (*table, *todo)}
-        rate, todo = choose_rate(ledger, table)
-        if rate is not None or attempt == 2 or dry_run and attempt:
+    swept: set = set()  # each stage's sweep runs once per call: a sweep that leaves its runs unfinished stops it
+    while True:
+        decided = choose_protocol(ledger, rule_table(ledger, finals), finals)
+        if decided.rule_rate is None:
+            todo = (rule["variant"], ",".join(map(rate_str, decided.missing)), (rule["steps"],))
+        elif decided.rate is not None and decided.ladder.length is None:
+            todo = (ledger["doubling"]["variant"], rate_str(decided.rate), tuple(decided.ladder.need))
+        else:
             break
-        sweep([f"experiment={rule['variant']}", *base, "optim.lr=" + ",".join(map(rate_str, todo)),
-               f"train.steps={rule['steps']}"], runs_dir, jobs, dry_run)
-    if rate is None:
-        if dry_run:
-            return {"rate": None, "length": None, "accepted": None}
-        raise ReproError(f"the rule's runs at {[rate_str(r) for r in todo]} did not finish under {runs_dir}: "
-                         f"see their train.log, then run this again")
-    print(f"protocol: the rule's rate is {rate_str(rate)}", flush=True)
-
-    tries = len(ledger["doubling"]["rungs"]) + 1  # each sweep adds one length: 2L of a rung, or its L
-    for attempt in range(tries + 1):
-        length, need, rungs = choose_length(ledger, lambda n: finals(rate, n))
-        if length is not None or attempt == tries or dry_run and attempt:
+        if todo in swept:
             break
-        sweep([f"experiment={ledger['doubling']['variant']}", *base, f"optim.lr={rate_str(rate)}",
-               "train.steps=" + ",".join(map(str, need))], runs_dir, jobs, dry_run)
-    if length is None:
+        swept.add(todo)
+        sweep([f"experiment={todo[0]}", *base, f"optim.lr={todo[1]}", "train.steps=" + ",".join(map(str, todo[2]))],
+              runs_dir, jobs, dry_run)
+    if decided.rule_rate is not None and decided.rule_rate != decided.rate:
+        print(f"protocol: the rule's rate {rate_str(decided.rule_rate)}; dropped by the ledger's stability rule: "
+              + ", ".join(f"{rate_str(r)} (a run of {d.stalled['steps']:,} steps never learned)"
+                          for r, d in decided.dropped.items()), flush=True)
+    if decided.rule_rate is None or decided.rate is not None and decided.ladder.length is None:
         if dry_run:
-            return {"rate": rate, "length": None, "accepted": None}
-        raise ReproError(f"the doubling test's runs of {need} steps did not finish under {runs_dir}: "
-                         f"see their train.log, then run this again")
-    accepted = rungs[-1]["passed"]
+            return {"rate": decided.rate, "length": None, "accepted": None}
+        what = (f"the rule's runs at {[rate_str(r) for r in decided.missing]}" if decided.rule_rate is None else
+                f"the doubling test's runs of {decided.ladder.need} steps at {rate_str(decided.rate)}")
+        raise ReproError(f"{what} did not finish under {runs_dir}: see their train.log, then run this again")
+    if decided.rate is None:
+        raise ReproError(f"every rate of the rule was dropped (a run never learned at each; see "
+                         f"`python -m repro.report fig2-rule --runs-dir {runs_dir}`): Inception has no rate to run the suite at")
+    rate, length = decided.rate, decided.ladder.length
+    print(f"protocol: Inception's rate is {rate_str(rate)}", flush=True)
+    accepted = decided.ladder.rungs[-1]["passed"] if decided.ladder.rungs else False
     print(f"protocol: L = {length:,} steps ({'accepted' if accepted else 'no rung accepted'})", flush=True)
 
     recipe = [f"optim.lr={rate_str(rate)}", f"train.steps={length}"]

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from repro.report import ledger_for, load_ledger
-from repro.report.fig2_rule import choose_length, choose_rate, rule_rates
+from repro.report.fig2_rule import choose_length, choose_protocol, choose_rate, rule_order, rule_rates
 from repro.report.pipeline import render, verify
 from repro.report.stats import tail_mean
 from tests.conftest import DATA, ROOT, needs_mnist
@@ -54,29 +54,96 @@ def test_rule_extends_a_winning_end_once():
     assert choose_rate(LEDGER, table) == (0.135, [])
 
 
+UNREVISED = {k: v for k, v in LEDGER.items() if k != "stability"}  # the ledger before its revision 1
+
+
+def ladder(ledger, at):
+    got = choose_length(ledger, lambda n: at.get(n, {}))
+    return got.length, got.need, got.rungs
+
+
 def test_doubling_accepts_the_first_rung_every_seed_passes():
     at = {2400: finals(0.70, 0.71, 0.72), 4800: finals(0.72, 0.73, 0.74), 9600: finals(0.73, 0.735, 0.75)}
     # 2,400 -> 4,800 gains 2 points on every seed (> 1.5): rejected; 4,800 -> 9,600 at most 1.0: accepted
-    length, need, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    length, need, rungs = ladder(LEDGER, at)
     assert (length, need, [r["passed"] for r in rungs]) == (4800, [], [False, True])
     assert rungs[0]["gains"][1] == pytest.approx(0.02)
-    assert choose_length(LEDGER, lambda n: {} if n == 4800 else at[n]) == (None, [4800], [])
+    assert ladder(LEDGER, {n: f for n, f in at.items() if n != 4800}) == (None, [4800], [])
     at[9600] = finals(0.73, 0.735, 0.77)  # seed 3 gains 3 points: rejected, and the last rung needs its 2L
-    length, need, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    length, need, rungs = ladder(LEDGER, at)
     assert length is None and need == [19200] and [r["passed"] for r in rungs] == [False, False]
     at[19200] = finals(0.74, 0.74, 0.80)
-    length, need, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    length, need, rungs = ladder(LEDGER, at)
     assert (length, need, rungs[-1]["passed"]) == (9600, [], False)  # no rung accepted: L is the last
 
 
 def test_a_diverged_run_never_passes_the_doubling_test():
     at = {2400: finals(0.70, 0.71, 0.72), 4800: finals(0.705, 0.0, 0.72), 9600: finals(0.70, 0.71, 0.72)}
-    length, need, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    length, need, rungs = ladder(UNREVISED, at)
     assert rungs[0]["gains"][2] < 0 and not rungs[0]["passed"]  # seed 2's 2L run diverged: the rung fails
     assert (length, need, rungs[1]["passed"]) == (None, [19200], False)  # 4,800 is now its L: fails again
     at[19200] = finals(0.70, 0.71, 0.72)
-    length, _, rungs = choose_length(LEDGER, lambda n: at.get(n, {}))
+    length, _, rungs = ladder(UNREVISED, at)
     assert (length, rungs[-1]["passed"]) == (9600, True)
+
+
+def test_a_run_at_chance_never_passes_the_doubling_test():
+    # revision 1: seed 2 at chance at L and at 2L "gains" nothing, yet the rung fails
+    at = {2400: finals(0.70, 0.71, 0.72), 4800: finals(0.705, 0.10, 0.72), 9600: finals(0.71, 0.10, 0.72),
+          19200: finals(0.71, 0.10, 0.72)}
+    length, _, rungs = ladder(UNREVISED | {"final_accuracy": LEDGER["final_accuracy"]}, at)
+    assert [r["passed"] for r in rungs] == [False, False, False] and rungs[1]["gains"][2] == 0 and length == 9600
+    length, _, rungs = ladder(UNREVISED | {"final_accuracy": {"statistic": "tail_mean", "from": 0.7}}, at)
+    assert rungs[0]["passed"] and length == 2400  # what the unrevised ledger let through (a loss "gains" < 1.5)
+    # with `stability`, the rate is dropped where the run never learned; nothing longer is asked for
+    got = choose_length(LEDGER, lambda n: at.get(n, {}))
+    assert got.stalled == {"steps": 4800, "seeds": [2], "finals": at[4800]} and got.need == [] and got.length is None
+    assert [r["rung"] for r in got.rungs] == [2400]  # the rung whose 2L run stalled is recorded, failed
+
+
+RULE = {0.0015: finals(0.4467, 0.6585, 0.6695), 0.0045: finals(0.6945, 0.6927, 0.7176),
+        0.015: finals(0.7108, 0.6993, 0.7074), 0.045: finals(0.7427, 0.7367, 0.7182), 0.135: finals(0.1, 0.1, 0.1)}
+
+
+def test_stability_drops_a_rate_whose_run_never_learned_and_takes_the_next_in_the_rules_order():
+    # the committed record's numbers: at 0.045, seed 2's 9,600-step run stayed at chance (revision 1)
+    assert rule_order(LEDGER, RULE) == [0.045, 0.015, 0.0045, 0.0015]  # 0.135 never learned: not in it
+    at = {**{(r, 2400): f for r, f in RULE.items()}, (0.045, 4800): finals(0.7255, 0.8169, 0.7784),
+          (0.045, 9600): finals(0.8055, 0.10, 0.8419)}
+    got = choose_protocol(LEDGER, RULE, lambda r, n: at.get((r, n), {}))
+    assert (got.rule_rate, got.rate, list(got.dropped)) == (0.045, 0.015, [0.045])
+    assert got.dropped[0.045].stalled["steps"] == 9600 and got.ladder.need == [4800]  # 0.015 from its first rung
+    at[(0.015, 4800)] = finals(0.72, 0.71, 0.10)  # 0.015 stalls too: the next is 0.0045
+    got = choose_protocol(LEDGER, RULE, lambda r, n: at.get((r, n), {}))
+    assert (got.rate, list(got.dropped), got.ladder.need) == (0.0045, [0.045, 0.015], [4800])
+    dead = {**at, **{(r, 4800): finals(0.1, 0.1, 0.1) for r in (0.0045, 0.0015)}}
+    got = choose_protocol(LEDGER, RULE, lambda r, n: dead.get((r, n), {}))
+    assert got.rate is None and got.ladder is None and len(got.dropped) == 4  # every rate dropped
+    # the unrevised ledger keeps the rule's rate and fails its rung instead
+    got = choose_protocol(UNREVISED, RULE, lambda r, n: at.get((r, n), {}))
+    assert got.rate == 0.045 and not got.dropped and got.ladder.need == [19200]
+
+
+def test_the_driver_sweeps_the_next_rate_after_a_drop(monkeypatch, tmp_path):
+    from repro import protocol
+
+    done = {(0.045, 2400): RULE[0.045], (0.045, 4800): finals(0.7255, 0.8169, 0.7784),
+            (0.045, 9600): finals(0.8055, 0.10, 0.8419), **{(r, 2400): f for r, f in RULE.items()}}
+    swept = []
+
+    def fake_sweep(overrides, runs_dir, jobs, dry_run):
+        swept.append([o for o in overrides if o.startswith(("optim.lr", "train.steps"))])
+        rate, steps = float(swept[-1][0].split("=")[1]), swept[-1][1].split("=")[1].split(",")
+        for n in map(int, steps):  # 0.015 is converged from 4,800 steps: the rung 4,800 is accepted
+            done[(rate, n)] = finals(0.80, 0.80, 0.80) if n >= 4800 else finals(0.7, 0.7, 0.7)
+
+    monkeypatch.setattr(protocol, "sweep", fake_sweep)
+    monkeypatch.setattr(protocol, "finals_from_runs", lambda d, s, led, r, n: (done.get((r, n), {}), None))
+    monkeypatch.setattr(protocol, "_finished", lambda *a: True)
+    decided = protocol.run_fig2(tmp_path, "cpu_tuned", ROOT / "results" / "fig2" / "protocol.yaml", tmp_path,
+                                3, dry_run=True)
+    assert swept == [["optim.lr=0.015", "train.steps=4800"], ["optim.lr=0.015", "train.steps=9600"]]
+    assert decided == {"rate": 0.015, "length": 4800, "accepted": True}
 
 
 TINY = {

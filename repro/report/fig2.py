@@ -151,13 +151,17 @@ def protocol_precondition(ledger: dict, p: dict, curves: dict, length: int, doub
     evaluations in [`from` L, the final window) is at most x."""
     at = ledger["final_accuracy"]["from"]
     if p["test"] == "doubling":
-        margin = ledger["doubling"]["margin"]
-        gains = {s: final_of(ledger, 2 * length)(*doubled[s]) - final_of(ledger, length)(*c)
+        margin, chance = ledger["doubling"]["margin"], ledger["final_accuracy"].get("chance", 0.0)
+        pairs = {s: (final_of(ledger, length)(*c), final_of(ledger, 2 * length)(*doubled[s]))
                  for s, c in curves["inception"].items() if s in doubled}
+        gains = {s: b - a for s, (a, b) in pairs.items()}
+        learned = all(min(ab) > chance for ab in pairs.values())  # a run at chance never passes (revision 1)
         return {"definition": f"per seed, Inception's final accuracy at {2 * length:,} steps minus at {length:,} "
-                              f"≤ {margin * 100:g} points (the ledger's doubling test)",
-                "per_seed": "gain " + fmt_values([g * 100 for g in gains.values()], list(gains), 3) + " points",
-                "holds": bool(gains) and len(gains) == len(curves["inception"]) and all(g <= margin for g in gains.values())}
+                              f"≤ {margin * 100:g} points, both runs above {chance * 100:g}% (the ledger's doubling test)",
+                "per_seed": "gain " + fmt_values([g * 100 for g in gains.values()], list(gains), 3) + " points"
+                            + ("" if learned else "; a run never learned"),
+                "holds": bool(gains) and len(gains) == len(curves["inception"]) and learned
+                         and all(g <= margin for g in gains.values())}
     rises = {}
     for v in p["variants"]:
         for seed, (s, a) in curves[v].items():

@@ -189,6 +189,8 @@ def ledger_provenance(claims_path: Path, runs: list[Run]) -> dict:
     """The ledger's last commit, and for each run whether its recorded commit contains that one and was clean."""
     path = Path(claims_path).resolve()
     ledger, date = _ledger_commit(path)
+    log = _git("log", "--format=%H", "--", str(path)).stdout.split()
+    first = log[-1] if log else None  # the ledger's first version
     edited = bool(_git("status", "--porcelain", "--", str(path)).stdout.strip())
     out = {"ledger_commit": ledger, "ledger_date": date, "ledger_edited": edited, "runs": {}}
     for r in runs:
@@ -200,6 +202,9 @@ def ledger_provenance(claims_path: Path, runs: list[Run]) -> dict:
             state = "after the ledger, dirty tree" if dirty else "after the ledger, clean tree"
         elif _git("cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
             state = "commit unknown to this repository"
+        elif first and first != ledger and _git("merge-base", "--is-ancestor", first, sha).returncode == 0:
+            # a revised ledger: the run came after its first version, and the revision says what it read
+            state = "after the ledger's first version, before its last revision" + (", dirty tree" if dirty else "")
         else:
             state = "before the ledger" + (", dirty tree" if dirty else "")
         out["runs"][r.name] = {"commit": commit, "state": state}
