@@ -35,8 +35,8 @@ from repro.data.evalsets import FolderData, TensorData, load_data
 from repro.errors import ReproError
 from repro.models import build_model
 from repro.models.bnstats import bn_audit, buffers_identical_across_ranks, population_statistics
-from repro.report.runs import recipe_problems
 from repro.runs import dist, files, rundir
+from repro.runs.records import recipe_problems
 
 BN_STATS = ("ema", "population")
 DEFAULT_POP_BATCHES = 100  # our choice: Alg. 2 says "many" mini-batches; 100 x 60 = 6,000 images for Fig. 1

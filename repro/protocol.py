@@ -23,7 +23,7 @@ from repro.errors import ReproError
 from repro.report import ledger_for, load_ledger
 from repro.report.fig2 import VARIANTS
 from repro.report.fig2_rule import choose_protocol, finals_from_runs, rate_str, rule_table
-from repro.report.runs import select_runs
+from repro.runs.records import select_runs
 
 
 def sweep(overrides: list[str], runs_dir: Path, jobs: int, dry_run: bool) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import subprocess
 from types import SimpleNamespace
 
-from repro.report import runs
+from repro.report import provenance
 from tests.conftest import ROOT
 
 
@@ -34,9 +34,9 @@ def test_a_citation_only_edit_keeps_the_ledger_commit(tmp_path, monkeypatch):
         if msg == "thresholds":
             fixed = git("rev-parse", "HEAD")
         if msg == "re-cite":
-            monkeypatch.setattr(runs, "ROOT", tmp_path)
-            assert runs.ledger_provenance(ledger, [])["ledger_commit"] == fixed
-    assert runs.ledger_provenance(ledger, [])["ledger_commit"] == git("rev-parse", "HEAD")  # other edits count
+            monkeypatch.setattr(provenance, "ROOT", tmp_path)
+            assert provenance.ledger_provenance(ledger, [])["ledger_commit"] == fixed
+    assert provenance.ledger_provenance(ledger, [])["ledger_commit"] == git("rev-parse", "HEAD")  # other edits count
 
 
 def test_runs_are_placed_against_a_revised_ledger(tmp_path, monkeypatch):
@@ -45,7 +45,7 @@ def test_runs_are_placed_against_a_revised_ledger(tmp_path, monkeypatch):
                               capture_output=True, text=True, check=True).stdout.strip()
 
     git("init", "-q")
-    monkeypatch.setattr(runs, "ROOT", tmp_path)
+    monkeypatch.setattr(provenance, "ROOT", tmp_path)
     ledger, commits = tmp_path / "protocol.yaml", {}
     for name, text in [("before", None), ("first", "bar: 3\n"), ("between", None), ("revision", "bar: 3\nchance: 1\n"),
                        ("after", None)]:
@@ -55,7 +55,7 @@ def test_runs_are_placed_against_a_revised_ledger(tmp_path, monkeypatch):
         commits[name] = git("rev-parse", "HEAD")
     made = [SimpleNamespace(name=n, env={"git_commit": commits[n] + ("-dirty" if n == "after" else "")})
             for n in ("before", "between", "after")]
-    got = runs.ledger_provenance(ledger, made)
+    got = provenance.ledger_provenance(ledger, made)
     assert got["ledger_commit"] == commits["revision"]
     assert {n: r["state"] for n, r in got["runs"].items()} == {
         "before": "before the ledger", "between": "after the ledger's first version, before its last revision",

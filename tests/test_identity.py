@@ -10,8 +10,8 @@ import shutil
 import pytest
 
 from repro.errors import ReproError
-from repro.report.runs import select_runs
 from repro.runs import rundir
+from repro.runs.records import select_runs
 from repro.train import run
 from tests.conftest import MNIST_RAW, compose_config, needs_mnist, run_killed_after
 

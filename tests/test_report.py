@@ -13,7 +13,6 @@ import yaml
 
 from repro.report import Long, fig1, fig2, read_long, write_long
 from repro.report.pipeline import build, verify
-from repro.report.runs import read_run, recipe_config, select_runs
 from repro.report.stats import (
     INCONCLUSIVE,
     NOT_REPRODUCED,
@@ -31,6 +30,7 @@ from repro.report.stats import (
     verdict,
 )
 from repro.runs import rundir
+from repro.runs.records import read_run, recipe_config, select_runs
 from repro.train import run
 from tests.conftest import ROOT
 

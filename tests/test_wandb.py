@@ -73,3 +73,16 @@ def test_sync_refuses_a_folder_that_is_no_run(tmp_path, capsys):
     assert wandb_main(["sync", str(tmp_path), "--mode", "offline"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "is not a run directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_runs_figure_tags_come_from_the_figures_experiments():
+    # repro.config.names is the one table: the reports list these experiments, the tags name these figures
+    from repro.config import CONF_DIR
+    from repro.config.names import FIGURE_EXPERIMENTS
+    from repro.report import fig1, fig2, fig4
+    from repro.runs.wandb_mirror import figures_of
+
+    assert figures_of("bn_x30") == ["fig2", "fig4"] and figures_of("fig1_bn") == ["fig1"] and figures_of("x") == []
+    assert list(fig2.PAPER) == fig2.VARIANTS == list(FIGURE_EXPERIMENTS["fig2"])  # the paper's rows, in order
+    assert fig1.EXPERIMENTS == list(FIGURE_EXPERIMENTS["fig1"]) and fig4.EXPERIMENTS == list(FIGURE_EXPERIMENTS["fig4"])
+    assert all((Path(CONF_DIR) / "experiment" / f"{e}.yaml").is_file() for es in FIGURE_EXPERIMENTS.values() for e in es)

@@ -12,6 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from repro.config.names import FIGURE_EXPERIMENTS
 from repro.report import (
     Long,
     claims_section,
@@ -23,7 +24,7 @@ from repro.report import (
 )
 from repro.report.stats import ratio, steps_to_reach, summarize, t975, value_at
 
-BASE, BN = "fig1_baseline", "fig1_bn"
+BASE, BN = FIGURE_EXPERIMENTS["fig1"]
 EXPERIMENTS = [BASE, BN]
 LABELS = {BASE: "Without BN", BN: "With BN"}
 COLORS = {BASE: "tab:blue", BN: "tab:red"}

@@ -14,7 +14,7 @@ import numpy as np
 
 from repro.report import fmt, load_ledger, md_table, run_meta, save_figure, write_outputs
 from repro.report.pipeline import render as render_from_files
-from repro.report.runs import Selection, ledger_provenance, select_runs
+from repro.report.provenance import ledger_provenance
 from repro.report.stats import (
     METHOD_NOTE,
     REPRODUCED,
@@ -25,6 +25,7 @@ from repro.report.stats import (
     value_at,
     verdict,
 )
+from repro.runs.records import Selection, select_runs
 
 BASE, BN = "fig1_baseline", "fig1_bn"
 EXPERIMENTS = [BASE, BN]

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 
 from repro.report import Long, md_table, read_long, runs_by_experiment, runs_section
 from repro.report.fig2 import PAPER, VARIANTS, finish_plot
-from repro.report.runs import ROOT
+from repro.report.provenance import ROOT
 from repro.report.stats import plateau_gain, plateau_step
 
 EXPERIMENTS = ["inception"]

@@ -27,8 +27,9 @@ from repro.report import (
     save_figure,
     write_outputs,
 )
-from repro.report.runs import Selection, ledger_provenance, read_run, select_runs
+from repro.report.provenance import ledger_provenance
 from repro.report.stats import tail_mean
+from repro.runs.records import Selection, read_run, select_runs
 
 EXPERIMENTS = ["inception"]
 PAPER_RATE = 0.0015  # §4.2.2: Inception's initial learning rate (conf/family/imagenet.yaml)

@@ -15,14 +15,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import scipy.stats
 
+from repro.config.names import FIGURE_EXPERIMENTS
 from repro.evaluate import evaluate_runs
 from repro.report import Long, claims_section, fig4_paired, fmt, md_table, runs_section, save_figure
 from repro.report.fig4_paired import wrong_bits
 from repro.report.stats import normal_interval, summarize
 from repro.runs.files import write_json
 
-SINGLE = "bn_x30"
-MEMBERS = [f"ensemble_{i}" for i in range(1, 7)]
+SINGLE, *MEMBERS = FIGURE_EXPERIMENTS["fig4"]
 EXPERIMENTS = [SINGLE, *MEMBERS]
 SEEDS = (1,)  # one network per row, as in the paper's Figure 4 and make reproduce-fig4: other seeds are not candidates
 # Figure 4 of the paper (§4.2.3): top-1 / top-5 error (%), 50,000 ImageNet validation images.
@@ -98,7 +98,7 @@ def collect(sel, out: Path, scale: str, limit: int | None = None, pop_batches: i
 def collect_cached(cache: Path, scale: str) -> tuple[list[tuple], dict]:
     """runs.csv rows and meta from a committed evaluations.json alone, for runs made on another
     machine: their configs, identities and commits cannot be checked here, and the report says so."""
-    from repro.report.runs import recipe_config
+    from repro.runs.records import recipe_config
 
     res = json.loads(Path(cache).read_text())
     pop = res["all_1crop_population"]["key"]["pop_batches"]

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import yaml
 
+from repro.config.names import FIGURE_EXPERIMENTS
 from repro.report import PLOTTED, load_ledger, read_long, run_meta, write_outputs, write_text
-from repro.report.runs import ledger_provenance, select_runs
+from repro.report.provenance import ledger_provenance
+from repro.runs.records import select_runs
 
-FIGURES = ("fig1", "fig2", "fig4")
+FIGURES = tuple(FIGURE_EXPERIMENTS)
 
 
 def build(figure: str, runs_dir: Path, scale: str, out_root: Path, claims_path: Path,
@@ -130,7 +132,7 @@ def _gpu_renderer():
     """The GPU check's loader and renderer (scripts/, beside the code it runs on a GPU machine)."""
     import sys
 
-    from repro.report.runs import ROOT
+    from repro.report.provenance import ROOT
 
     folder = next(p.parent for p in sorted((ROOT / "scripts").rglob("gpu_report.py")))
     sys.path[:0] = [str(folder)]
@@ -143,7 +145,7 @@ def _gpu_renderer():
 def verify_pages(results_root: Path) -> list[str]:
     """rule.md re-rendered from the map's committed data, and each GPU report from its gpu_check.json."""
     from repro.report import rule
-    from repro.report.runs import ROOT
+    from repro.report.provenance import ROOT
 
     problems = []
     if (page := Path(results_root) / "fig1" / "rule.md").exists():

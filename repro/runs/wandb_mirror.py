@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
-import importlib
 import json
 import secrets
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from repro.config import Config
+from repro.config.names import FIGURE_EXPERIMENTS
 from repro.errors import ReproError
 from repro.runs import files, rundir
 
@@ -47,9 +47,7 @@ def new_id() -> str:
 
 def figures_of(experiment: str) -> list[str]:
     """The paper's figures whose report uses `experiment` (bn_x30 is in Figure 2 and Figure 4)."""
-    from repro.report.pipeline import FIGURES
-
-    return [f for f in FIGURES if experiment in importlib.import_module(f"repro.report.{f}").EXPERIMENTS]
+    return [f for f, experiments in FIGURE_EXPERIMENTS.items() if experiment in experiments]
 
 
 def run_labels(cfg: dict) -> dict:
