@@ -251,7 +251,10 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     ledger_note = (f"The protocol ledger (`{meta['claims']}`, last changed in `{(meta['ledger']['ledger_commit'] or '?')[:10]}`) fixed "
                    "Inception's rate rule, the annealing schedule, the doubling test for the length, the statistics and "
                    "these thresholds before any run it judges; the rule's and the test's runs and outcome are in "
-                   "[`results/fig2/rule.md`](../rule.md)." if proto else
+                   "[`results/fig2/rule.md`](../rule.md)." + (
+                       " Its revision 1, written after Inception's ladder runs and before any BN run, added the "
+                       "chance bar and the stability rule that set Inception's rate." if "stability" in ledger else "")
+                   if proto else
                    "The ledger's thresholds were fixed before the first cpu-scale runs; its statistics were made per seed,\n"
                    "with interval verdicts and the plateau preconditions, in a commit of their own "
                    f"(`{(meta['ledger']['ledger_commit'] or '?')[:10]}`)\nbefore these runs, thresholds unchanged.")
