@@ -294,8 +294,11 @@ def test_ctrl_c_is_one_line_and_a_second_start_is_locked_out(tmp_path):
             "train.eval_every=1000000", "train.probe_every=0", "train.checkpoint_every=100", "resume=auto",
             f"runs_dir={tmp_path}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # Ctrl-C as a terminal sends it: a suite started in the background (`cmd &` in a script) hands its children
+    # SIGINT ignored, and Python then keeps ignoring it, so the child gets the default disposition back
     first = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob("*/ckpt.pt")) and time.monotonic() < deadline and first.poll() is None:
