@@ -15,14 +15,19 @@ decisions are recomputed from the runs each time, by the functions the report us
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from repro.errors import ReproError
 from repro.report import ledger_for, load_ledger
 from repro.report.fig2 import VARIANTS
 from repro.report.fig2_rule import choose_protocol, finals_from_runs, rate_str, rule_table
+from repro.runs import lock
 from repro.runs.records import select_runs
 
 
@@ -34,7 +39,45 @@ def sweep(overrides: list[str], runs_dir: Path, jobs: int, dry_run: bool) -> Non
     if not dry_run:
         # A sweep whose runs diverge exits 1 after running every job; divergence is an outcome the
         # ledger counts, and a run that did not finish is caught when its stage is read again.
-        subprocess.run(cmd, check=False)
+        run_forwarding(cmd, runs_dir)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def run_forwarding(cmd: list[str], runs_dir: Path, wait_s: float = 300) -> int:
+    """Run the sweep `cmd` in a process group of its own and hand it every stop signal this process gets
+    (Ctrl-C as SIGTERM). Hydra's joblib launcher does not pass a signal on to its workers, which went on
+    training after their parent died; signalled as a group, every run saves a checkpoint and stops
+    (repro.runs.preempt). The parent dies at once, so the driver waits until no run under `runs_dir` holds
+    its lock, then ends the idle workers, and stops: ReproError saying how to continue."""
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    got: list[int] = []
+
+    def forward(signum: int, frame) -> None:
+        got.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    previous = {s: signal.signal(s, forward) for s in STOP_SIGNALS}
+    try:
+        code = proc.wait()
+        if got:
+            deadline = time.monotonic() + wait_s
+            while (busy := [p.parent.name for p in Path(runs_dir).glob("*/lock.json") if lock.held(p)]) \
+                    and time.monotonic() < deadline:
+                time.sleep(0.5)
+            with contextlib.suppress(ProcessLookupError):  # loky's idle workers outlive their parent
+                os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if got:
+        raise ReproError(f"stopped by {signal.Signals(got[0]).name}: "
+                         + (f"{', '.join(busy)} still running after {wait_s:.0f} s (its next start waits for it); "
+                            if busy else "each run of the sweep saved a checkpoint; ")
+                         + "run the same command again to continue")
+    return code
 
 
 def run_fig2(runs_dir: Path, scale: str, ledger_path: Path, out: Path, jobs: int, dry_run: bool = False,

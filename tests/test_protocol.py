@@ -4,8 +4,12 @@ statistics, and the driver end to end on a tiny ledger (python -m repro.protocol
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -195,3 +199,52 @@ def test_protocol_runs_end_to_end_and_resumes_nothing_twice(tmp_path):
     assert long_runs and len(lines) > len((part / "runs.csv").read_text().splitlines())
     text = (render(part, part) / "report.md").read_text()
     assert "**In progress**: the test still needs Inception's runs of 8 steps" in text
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_a_signal_to_the_driver_stops_every_run_with_a_checkpoint(tmp_path):
+    # Hydra's joblib workers outlive a parent that is killed alone; the driver signals the sweep as a group
+    ledger = tmp_path / "long.yaml"
+    ledger.write_text(yaml.safe_dump(TINY | {"rate_rule": TINY["rate_rule"] | {"steps": 1_000_000}}))
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "repro.protocol", "fig2", "--scale", "smoke", "--ledger", str(ledger), "--runs-dir",
+           str(runs), "--out", str(tmp_path / "out"), "--jobs", "2", "--override", f"data.root={DATA}",
+           "--override", "logger.wandb.mode=disabled"]
+    log = tmp_path / "driver.log"
+    driver = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            logs = [p.read_text() for p in runs.glob("*/train.log")]
+            if len(logs) == 2 and all("step 1" in x for x in logs):  # both runs are past their first steps
+                workers = [json.loads(p.read_text())["pid"] for p in runs.glob("*/lock.json")]
+                break
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGTERM)  # the driver alone, as `kill <pid>` does
+        driver.wait(timeout=180)
+    finally:
+        driver.kill()
+    err = log.read_text()
+    assert driver.returncode == 2 and "each run of the sweep saved a checkpoint" in err, err[-2000:]
+    dirs = sorted(p.parent for p in runs.glob("*/config.yaml"))
+    assert len(dirs) == 2
+    for d in dirs:
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["status"] == "preempted" and (d / "ckpt.pt").exists() and not (d / "lock.json").exists()
+    assert len(workers) == 2
+    deadline = time.monotonic() + 10  # killed, then reaped by whoever adopted them
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]  # no idle worker outlives the driver
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead and not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rpartition(")")[2].split()[0] == "Z")
