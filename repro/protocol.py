@@ -120,7 +120,7 @@ def run_fig2(runs_dir: Path, scale: str, ledger_path: Path, out: Path, jobs: int
                          f"`python -m repro.report fig2-rule --runs-dir {runs_dir}`): Inception has no rate to run the suite at")
     rate, length = decided.rate, decided.ladder.length
     print(f"protocol: Inception's rate is {rate_str(rate)}", flush=True)
-    accepted = decided.ladder.rungs[-1]["passed"] if decided.ladder.rungs else False
+    accepted = decided.ladder.accepted
     print(f"protocol: L = {length:,} steps ({'accepted' if accepted else 'no rung accepted'})", flush=True)
 
     recipe = [f"optim.lr={rate_str(rate)}", f"train.steps={length}"]

@@ -115,6 +115,11 @@ class Ladder:
     rungs: list[dict]
     stalled: dict | None = None
 
+    @property
+    def accepted(self) -> bool:
+        """Whether L is a rung the test accepted (else the last rung, or not chosen yet)."""
+        return self.length is not None and bool(self.rungs) and self.rungs[-1]["passed"]
+
 
 def choose_length(ledger: dict, finals_at: Callable[[int], Finals]) -> Ladder:
     """Walk the ledger's rungs at one rate (`finals_at(steps)`: the finished runs' final accuracies)."""
@@ -127,19 +132,21 @@ def choose_length(ledger: dict, finals_at: Callable[[int], Finals]) -> Ladder:
             dead = [s for s in seeds if s in f and not learned(ledger, f[s])]
             if stable and dead and len(f) == len(seeds):
                 if n == 2 * rung:  # the rung was run: record it, failed
-                    tested.append(_rung(ledger, rung, short, long))
+                    tested.append(rung_test(ledger, rung, short, long))
                 return Ladder(None, [], tested, {"steps": n, "seeds": dead, "finals": f})
         need = [n for n, f in ((rung, short), (2 * rung, long)) if len(f) < len(seeds)]
         if need:
             return Ladder(None, need, tested)
-        tested.append(_rung(ledger, rung, short, long))
+        tested.append(rung_test(ledger, rung, short, long))
         if tested[-1]["passed"]:
             return Ladder(rung, [], tested)
     return Ladder(d["rungs"][-1], [], tested)
 
 
-def _rung(ledger: dict, rung: int, short: Finals, long: Finals) -> dict:
-    d, seeds = ledger["doubling"], ledger["rate_rule"]["seeds"]
+def rung_test(ledger: dict, rung: int, short: Finals, long: Finals, seeds: list[int] | None = None) -> dict:
+    """One rung of the doubling test on final accuracies at L (`short`) and 2L (`long`), for `seeds` (the
+    ledger's by default): each seed's gain, and whether every seed passed."""
+    d, seeds = ledger["doubling"], ledger["rate_rule"]["seeds"] if seeds is None else seeds
     gains = {s: long[s] - short[s] for s in seeds}
     # a run that diverged or never learned (revision 1) never passes a test, at L or at 2L
     return {"rung": rung, "at_l": short, "at_2l": long, "gains": gains,
@@ -327,7 +334,7 @@ def render(long, meta: dict, ledger: dict, out: Path) -> str:
     elif ladder.length is None:
         verdict = (f"**In progress**: the test still needs Inception's runs of {' and '.join(f'{n:,}' for n in ladder.need)} "
                    f"steps at {rate_str(decided.rate)} (`python -m repro.protocol fig2` continues them); L is not chosen yet.")
-    elif ladder.rungs and ladder.rungs[-1]["passed"]:
+    elif ladder.accepted:
         verdict = f"**L = {ladder.length:,} steps**: every seed gained at most {d['margin'] * 100:g} points from doubling it."
     else:
         verdict = (f"**No rung was accepted**: L = {ladder.length:,} steps, and the precondition `inception_converged` "

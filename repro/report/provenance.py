@@ -22,30 +22,30 @@ def _git(*args: str) -> subprocess.CompletedProcess:
 _CITATION = re.compile(r"(?:facts )?§ ?[0-9]+(?:\.[0-9]+)*")  # a section number, cited in any form
 
 
-def _ledger_commit(path: Path) -> tuple[str | None, str | None]:
+def _ledger_commit(path: Path) -> tuple[str | None, str | None, str | None]:
     """The last commit that changed the ledger other than in its citations (issue 12 re-cited the paper's
-    sections in place of a notes file's), so runs made before such an edit still count as after it."""
+    sections in place of a notes file's), so runs made before such an edit still count as after it; its
+    date; and the ledger's first commit."""
     log = _git("log", "--format=%H %cI", "--", str(path))
     if log.returncode != 0 or not log.stdout.strip():
-        return None, None
+        return None, None, None
     commits = [line.split() for line in log.stdout.splitlines()]
+    first = commits[-1][0]
     try:
         rel = path.relative_to(ROOT).as_posix()
     except ValueError:  # a ledger outside this repository: its last commit, as git knows it
-        return tuple(commits[0])
+        return (*commits[0], first)
     for sha, date in commits:
         now, before = (_git("show", f"{rev}:{rel}") for rev in (sha, f"{sha}^"))
         if before.returncode != 0 or _CITATION.sub("§", now.stdout) != _CITATION.sub("§", before.stdout):
-            return sha, date
-    return tuple(commits[-1])
+            return sha, date, first
+    return (*commits[-1], first)
 
 
 def ledger_provenance(claims_path: Path, runs: list[Run]) -> dict:
     """The ledger's last commit, and for each run whether its recorded commit contains that one and was clean."""
     path = Path(claims_path).resolve()
-    ledger, date = _ledger_commit(path)
-    log = _git("log", "--format=%H", "--", str(path)).stdout.split()
-    first = log[-1] if log else None  # the ledger's first version
+    ledger, date, first = _ledger_commit(path)
     edited = bool(_git("status", "--porcelain", "--", str(path)).stdout.strip())
     out = {"ledger_commit": ledger, "ledger_date": date, "ledger_edited": edited, "runs": {}}
     for r in runs:
