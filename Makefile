@@ -92,11 +92,12 @@ test: install data ## Run the test suite (CPU, ~8 min on 2 idle cores)
 verify: install ## Rebuild every committed report, its figures' plotted data, rule.md and the GPU reports from results/ alone, and find every README result number in them; exit 1 naming each difference
 	$(PY) -m repro.report verify
 
-bench: install data ## Speed: the Figure 1 map and job vs bare torch loops (~40 min); the runner vs bare; our Inception vs timm per MAC
+bench: install data ## Speed: the Figure 1 map and job vs bare torch loops (~40 min); the runner vs bare; our Inception vs timm per MAC; Figure 4's inference network vs eval mode
 	$(PY) scripts/need_data.py experiment=bn_x30 scale=cpu "make bench (scripts/bench_runner.py)"
 	$(PY) scripts/bench_fig1.py --pipeline
 	$(PY) scripts/bench_runner.py
 	$(PY) scripts/bench_models.py
+	$(PY) scripts/bench_evaluate.py
 
 gpu-check: install ## On a GPU machine (~6-9 min): 224 px networks vs timm, runner vs bare loop, input pipeline, resume; writes results/gpu/<card>/
 	PYTHON=$(PY) scripts/gpu/gpu_check.sh --out results/gpu

@@ -19,10 +19,12 @@ from repro.errors import ReproError
 from repro.evaluate import (
     correct_at,
     evaluate_runs,
+    inference_network,
     load_runs,
     main,
     view_probabilities,
 )
+from repro.models import build_model
 from repro.train import run
 from tests.conftest import ROOT, compose_config, make_image_folder
 
@@ -86,6 +88,36 @@ def test_one_crop_ema_reproduces_the_runners_final_accuracy(smoke_run, tmp_path,
     assert result["top1_error"] == pytest.approx(100 * (1 - summary["final_test_acc"]))
     assert result["n_images"] == len(result["predictions"]) == N_TEST
     assert result["crops"] == 1 and result["crop_size"] == 28 and result["bn_stats"] == "ema"
+
+
+def test_full_test_set_scores_the_whole_split_after_checking_the_run(smoke_run):
+    """The run evaluated the first 501 test images while training: `full_test` scores it on every image of
+    the test split (Figure 4), and its first 501 predictions are those of the run's own test set."""
+    own, whole = evaluate_runs([smoke_run]), evaluate_runs([smoke_run], full_test=True)
+    assert own["n_images"] == N_TEST and own["dataset"]["n_test"] == N_TEST
+    assert whole["n_images"] == whole["dataset"]["n_test"] > N_TEST  # the smoke data's whole test split
+    assert whole["predictions"][:N_TEST] == own["predictions"]
+    assert evaluate_runs([smoke_run], full_test=True, limit=700)["n_images"] == 700
+
+
+@pytest.mark.parametrize("experiment", ["bn_x30", "ensemble_5", "fig1_bn"])  # ensemble_5: per-activation BN
+def test_inference_network_computes_the_eval_network(experiment):
+    """Folded BN (Alg. 2, step 5) in channels_last memory: the eval-mode network's outputs to float rounding,
+    with BN statistics far from the identity, and the trained network left as it was."""
+    cfg = compose_config([f"experiment={experiment}", "scale=cpu"])
+    torch.manual_seed(0)
+    net = build_model(cfg.model, 1, 10, 28)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.3, 3)
+            if m.affine:
+                m.weight.data.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
+    x = torch.rand(64, 1, 28, 28)
+    want = net.eval()(x)
+    fast = inference_network(net)
+    assert sum(isinstance(m, torch.nn.Identity) for m in fast.modules()) > 0  # some BN folded away
+    torch.testing.assert_close(fast(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(net(x), want)  # the input network is unchanged
 
 
 def test_population_statistics_evaluation_reports_its_audit(smoke_run):

@@ -32,21 +32,23 @@ def test_report_builds_and_caches_evaluations(smoke, tmp_path):
         run(smoke(f"experiment={e}", "train.steps=3"))
     claims = ROOT / "results" / "fig4" / "claims.yaml"
     args = ("fig4", tmp_path / "runs", "smoke", tmp_path / "results", claims)
-    out = build(*args, overrides=("train.steps=3",), limit=16, pop_batches=2)
+    out = build(*args, overrides=("train.steps=3",), limit=40, pop_batches=2)  # past the runs' 32 test images
     text = (out / "report.md").read_text()
     assert "BN-Inception ensemble" in text and "population top-1" in text
+    assert "during training used the first 32; Figure 4 scores every image of the test split" in text
+    assert "Alg. 2's inference network, every BN that follows a conv folded" in text
     cached = json.loads((out / "evaluations.json").read_text())
     assert set(cached) == set(fig4.EVALS) and cached["ensemble_144crop"]["result"]["models"] == 6
-    assert cached["single_1crop"]["result"]["n_images"] == 16
+    assert cached["single_1crop"]["result"]["n_images"] == 40
     wrong = cached["single_1crop"]["result"]["wrong"]  # per image, for the paired statistics
-    assert len(wrong["combined"]) == 16 and set(wrong["combined"]) <= {"0", "1"}
-    assert 100 * wrong["combined"].count("1") / 16 == pytest.approx(cached["single_1crop"]["result"]["top1_error"])
+    assert len(wrong["combined"]) == 40 and set(wrong["combined"]) <= {"0", "1"}
+    assert 100 * wrong["combined"].count("1") / 40 == pytest.approx(cached["single_1crop"]["result"]["top1_error"])
     assert set(cached["all_1crop_population"]["result"]["wrong"]) == {"combined"} | set(fig4_members(out))
     assert "paired-bootstrap interval" in text and "exact McNemar" in text and "predate per-image records" not in text
     long = read_long(out / "runs.csv")
     assert long.value("single_1crop", "top1_error") == cached["single_1crop"]["result"]["top1_error"]
     mtime = (out / "evaluations.json").stat().st_mtime
-    build(*args, overrides=("train.steps=3",), limit=16, pop_batches=2)
+    build(*args, overrides=("train.steps=3",), limit=40, pop_batches=2)
     assert (out / "evaluations.json").stat().st_mtime == mtime  # nothing re-evaluated
 
 

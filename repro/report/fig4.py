@@ -44,12 +44,13 @@ def run_evaluations(dirs: dict[str, list[str]], cache: Path, limit: int, pop_bat
     old = json.loads(cache.read_text()) if cache.exists() else {}
     results = {}
     for name, (which, crops, bn) in EVALS.items():
-        key = {"runs": dirs[which], "crops": crops, "bn_stats": bn, "limit": limit, "pop_batches": pop_batches}
+        key = {"runs": dirs[which], "crops": crops, "bn_stats": bn, "limit": limit, "pop_batches": pop_batches,
+               "test_set": "full"}
         if name in old and old[name]["key"] == key:
             results[name] = old[name]
             continue
         print(f"evaluating {name}: {len(dirs[which])} network(s), {crops} crop(s), {bn} BN statistics")
-        r = evaluate_runs(dirs[which], crops, bn, pop_batches, limit=limit)
+        r = evaluate_runs(dirs[which], crops, bn, pop_batches, limit=limit, full_test=True)
         labels = r.pop("labels")  # per image, kept as what each prediction got wrong (fig4_paired)
         r["wrong"] = {"combined": wrong_bits(r.pop("predictions"), labels)} | {
             Path(m["run_dir"]).name: wrong_bits(p, labels) for m, p in zip(r["per_model"], r.pop("model_predictions"))}
@@ -80,7 +81,8 @@ def evaluation_meta(res: dict, pop_batches: int) -> dict:
     return {"members": {Path(m["run_dir"]).name: m["experiment"] for k in ("single_1crop", "ensemble_1crop")
                         for m in res[k]["result"]["per_model"]},
             "single": Path(r["per_model"][0]["run_dir"]).name, "data": r["dataset"], "crop_size": r["crop_size"],
-            "top5_k": r["top5_k"], "num_classes": r["num_classes"], "pop_batches": pop_batches}
+            "top5_k": r["top5_k"], "num_classes": r["num_classes"], "pop_batches": pop_batches,
+            "folded_bn": r.get("folded_bn", False)}  # evaluations before issue 22 ran the eval-mode network
 
 
 def collect(sel, out: Path, scale: str, limit: int | None = None, pop_batches: int = 100, **_) -> tuple[list[tuple], dict]:
@@ -92,7 +94,8 @@ def collect(sel, out: Path, scale: str, limit: int | None = None, pop_batches: i
                           out / "evaluations.json", limit, pop_batches)
     first = sel.runs[SINGLE][0]
     return evaluation_rows(res, first.seed, first.summary["steps"]), evaluation_meta(res, pop_batches) | {
-        "train": {k: first.config["train"][k] for k in ("steps", "batch_size")}, "seed": first.seed}
+        "train": {k: first.config["train"][k] for k in ("steps", "batch_size")}, "seed": first.seed,
+        "train_limit_test": first.config["data"].get("limit_test")}
 
 
 def collect_cached(cache: Path, scale: str) -> tuple[list[tuple], dict]:
@@ -215,12 +218,18 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     walls = fig4_paired.evaluation_seconds(Path(meta["data_dir"])) if meta.get("data_dir") else None
     evaluated = (f"- Evaluation: the six evaluations took {walls / 60:.1f} min on this machine (their wall times are in "
                  "`evaluations.json`).\n" if walls else "")
+    inference = ("- Inference: each network as Alg. 2's inference network, every BN that follows a conv folded into "
+                 "it\n  (`repro.evaluate.inference_network`; per-activation BN layers stay as they are).\n"
+                 if meta.get("folded_bn") else "")
     boot = ledger.get("bootstrap", {"reps": 10000, "seed": 0})
     results = [{"claim": c, **measure(c, long, meta, wrong, boot)} for c in ledger["claims"]]
     tests = "".join(f"- {r['claim']['id']}: {r['test']}\n" for r in results if r.get("test"))
     subset = (f"All rows use the **first {n:,} of {data['n_test']:,} test images** (`--limit`: 144 views "
               "of 7 networks on every image would take most of an hour on 2 cores)" if n < data["n_test"]
               else f"All rows use all **{n:,} test images**")
+    if (during := meta.get("train_limit_test")) and during < n:
+        subset += (f" (the runs' own evaluations during training used the first {during:,}; Figure 4 scores every "
+                   "image of the test split, `repro.evaluate --full-test-set`)")
     few_classes = f"; with {classes} classes it is near zero" if classes < 100 else ""
     return f"""# Figure 4 — multi-crop, ensemble, and population statistics ({scale} scale)
 
@@ -241,7 +250,7 @@ below is re-derived from `runs.csv` and `meta.json` beside this file by `python 
   4 scales x 3 squares x 6 crops x 2 mirrors, with the scales set relative to the {meta['crop_size']} px input
   (on square images the three squares coincide; the average over the 144 views equals that over the 48 distinct ones).
   Probabilities are averaged over views, then over networks (§4.2.3).
-{evaluated}- Population statistics: Alg. 2 over {meta['pop_batches']} training mini-batches of the training batch size,
+{inference}{evaluated}- Population statistics: Alg. 2 over {meta['pop_batches']} training mini-batches of the training batch size,
   variance x m/(m-1) with m = batch x height x width for conv layers.
 
 {runs_section(meta)}
