@@ -12,7 +12,7 @@ so the images are decoded once however large the ensemble. BN uses either
 the moving averages left by training (`ema`, §3.1's alternative) or Alg. 2's population statistics
 recomputed over K training mini-batches (`population`, repro.models.bnstats). Each network is evaluated
 as Alg. 2's inference network: every BN that follows a conv or linear layer folded into it, in
-channels_last memory (2.2x faster on one CPU thread: results/bench/evaluate_cpu_1thread.txt). The test set
+channels_last memory (2.1-2.3x faster on one CPU thread: results/bench/evaluate_cpu_1thread.txt). The test set
 is the one the run evaluated during training (its `data.limit_test` first images), or with
 `--full-test-set` the dataset's whole test split. Under torchrun each rank evaluates `dist.shard(N)`, so
 every test image is counted exactly once.
@@ -169,7 +169,7 @@ def with_population_statistics(run: Run, num_batches: int, device: torch.device)
 def inference_network(model: nn.Module) -> nn.Module:
     """Alg. 2, step 5: an eval-mode copy with each BN that follows a conv or linear layer folded into it
     (per-activation BN stays a BN), in channels_last memory. The same function as `model.eval()` to float
-    rounding (tests/test_evaluate.py), 2.2x faster on one CPU thread (scripts/bench_evaluate.py)."""
+    rounding (tests/test_evaluate.py), 2.1-2.3x faster on one CPU thread (scripts/bench_evaluate.py)."""
     return fold_bn(model).to(memory_format=torch.channels_last)
 
 
