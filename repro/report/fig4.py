@@ -19,7 +19,7 @@ from repro.config.names import FIGURE_EXPERIMENTS
 from repro.evaluate import evaluate_runs
 from repro.report import Long, claims_section, fig4_paired, fmt, md_table, runs_section, save_figure
 from repro.report.fig4_paired import wrong_bits
-from repro.report.stats import normal_interval, summarize
+from repro.report.stats import normal_interval, summarize, verdict
 from repro.runs.files import write_json
 
 SINGLE, *MEMBERS = FIGURE_EXPERIMENTS["fig4"]
@@ -153,14 +153,15 @@ def error_ci(error_pct: float, n: int) -> tuple[float, float]:
     return 100 * ci.low, 100 * ci.high
 
 
-def plot(long: Long, meta: dict, path: Path) -> None:
-    """Two panels on their own axes: the paper's ImageNet bars, and ours with 95% intervals over the test images."""
+def plot(long: Long, meta: dict, path: Path, results: list[dict]) -> None:
+    """Three panels on their own axes: the paper's ImageNet bars, ours with 95% intervals over the test
+    images, and each claim's statistic with the interval its verdict reads (paired where the report is)."""
     names = ["single_1crop", "single_10crop", "single_144crop", "ensemble_1crop", "ensemble_144crop"]
     labels = ["1 net\n1 crop", "1 net\n10 crops", "1 net\n144 crops", "6 nets\n1 crop", "6 nets\n144 crops"]
     n = int(long.value("single_1crop", "n_images"))
     ours = np.array([long.value(k, "top1_error") for k in names])
     ci = np.array([error_ci(v, n) for v in ours])
-    fig, (pa, oa) = plt.subplots(1, 2, figsize=(10, 3.9))
+    fig, (pa, oa, ca) = plt.subplots(1, 3, figsize=(15, 3.9), gridspec_kw={"width_ratios": [1, 1, 0.9]})
     x = np.arange(len(names))
     have = [i for i, k in enumerate(names) if k in PAPER]
     pa.bar(x[have], [PAPER[names[i]][0] for i in have], 0.6, color="tab:gray")
@@ -176,6 +177,18 @@ def plot(long: Long, meta: dict, path: Path) -> None:
                  "error bars: exact 95% interval over the images")
     for ax in (pa, oa):
         ax.grid(axis="y", alpha=0.3)
+    for i, r in enumerate(results):  # the claims, top to bottom in ledger order
+        s, threshold = r["summary"], float(r["claim"]["threshold"])
+        ca.errorbar(s.mean, -i, xerr=[[s.mean - s.lo], [s.hi - s.mean]], fmt="o", color="k", capsize=4)
+        ca.plot([threshold] * 2, [-i - 0.3, -i + 0.3], color="tab:blue", lw=2)
+        word = verdict(s, r["claim"]["op"], threshold).strip("*")
+        ca.text(0.03, -i + 0.33, f"{s.mean:.2f} [{s.lo:.2f}, {s.hi:.2f}] {r['claim']['op']} {threshold:g}: {word}",
+                transform=ca.get_yaxis_transform(), fontsize=8)  # x in axes units: always inside
+    ca.set(yticks=-np.arange(len(results)), yticklabels=[r["claim"]["id"].replace("_", "\n", 1) for r in results],
+           ylim=(-len(results) + 0.5, 0.7), xlabel="points of top-1 error (a − b; population: mean |pop − EMA|)",
+           title="claims: 95% interval each verdict reads\n(blue: the ledger's threshold)")
+    ca.margins(x=0.15)
+    ca.grid(axis="x", alpha=0.3)
     fig.suptitle("Figure 4: crops and ensembles (separate axes: different tasks)", y=1.07)
     save_figure(fig, path)
     plt.close(fig)
@@ -198,7 +211,6 @@ DEFAULT_LIMIT = {"smoke": 2000}
 
 def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     scale = meta["scale"]
-    plot(long, meta, out / "fig4.png")
     k5, data, classes, n = meta["top5_k"], meta["data"], meta["num_classes"], int(long.value("single_1crop", "n_images"))
     rows = []
     for name, label, (crops, models) in [
@@ -223,6 +235,7 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
                  if meta.get("folded_bn") else "")
     boot = ledger.get("bootstrap", {"reps": 10000, "seed": 0})
     results = [{"claim": c, **measure(c, long, meta, wrong, boot)} for c in ledger["claims"]]
+    plot(long, meta, out / "fig4.png", results)
     tests = "".join(f"- {r['claim']['id']}: {r['test']}\n" for r in results if r.get("test"))
     subset = (f"All rows use the **first {n:,} of {data['n_test']:,} test images** (`--limit`: 144 views "
               "of 7 networks on every image would take most of an hour on 2 cores)" if n < data["n_test"]
