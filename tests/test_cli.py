@@ -88,3 +88,26 @@ def test_the_slurm_launcher_without_srun_is_one_line(monkeypatch, capsys, tmp_pa
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "srun is not on this machine's PATH" in lines[0], err
     assert "drop hydra/launcher=slurm" in lines[0]
+
+
+@pytest.mark.parametrize("argv, added", [
+    (["-m", "experiment=inception,bn_x30,ensemble_1", "scale=cpu_tuned"], "family=imagenet"),  # bases followed
+    (["-m", "experiment=fig1_baseline,fig1_bn"], "family=fig1"),
+    (["-m", "experiment=fig1_bn,inception", "scale=cpu"], None),  # two families: Hydra's default stands
+    (["-m", "experiment=inception,bn_x30", "family=imagenet"], None),  # said already
+    (["experiment=inception", "scale=cpu_tuned"], None),  # not a sweep
+])
+def test_a_sweep_over_one_familys_experiments_names_the_family(argv, added):
+    from repro.config import sweep_family
+
+    assert sweep_family(["repro.train", *argv]) == ["repro.train", *argv, *([added] if added else [])]
+
+
+def test_a_sweep_of_inceptions_at_a_scale_figure_1_lacks_starts_its_jobs(monkeypatch, capsys, tmp_path):
+    """Hydra composes a sweep's primary config with the default experiment (fig1_bn); at cpu_tuned, which
+    Figure 1 has no recipe for, the sweep stopped there before any job ran. Now each job starts (and here
+    refuses its own bad rate, so no data is needed)."""
+    code, _, err = entry(monkeypatch, capsys, "-m", "experiment=inception,bn_x30", "scale=cpu_tuned", "optim.lr=-1",
+                         f"runs_dir={tmp_path}")
+    assert code != 0 and "there is no recipe" not in err, err
+    assert "2 job(s) of this sweep failed" in err and err.count("optim.lr=-1.0 is not valid") >= 2, err

@@ -94,6 +94,20 @@ def refusal(e: BaseException, command: str = "python -m repro.train") -> str:
     return f"{text} (`{command} --help`)"
 
 
+def sweep_family(argv: list[str]) -> list[str]:
+    """`argv` with `family=F` added to a sweep whose experiments all select family F. Hydra composes a sweep's
+    primary config without the swept values, so with the default experiment (fig1_bn): `-m
+    experiment=inception,bn_x30 scale=cpu_tuned` would stop on recipe/fig1/cpu_tuned, which Figure 1 has
+    not, before any job ran. The family is the one each job's experiment selects anyway."""
+    if not {"-m", "--multirun"} & set(argv) or any(a.startswith(("family=", "+family=", "~family")) for a in argv):
+        return argv
+    swept = [a.split("=", 1)[1] for a in argv if a.startswith("experiment=") and "," in a]
+    if len(swept) != 1 or "(" in swept[0]:  # one plain list; glob(...) and range(...) are left to Hydra
+        return argv
+    families = {validate.experiment_family(e.strip()) for e in swept[0].split(",")}
+    return [*argv, f"family={families.pop()}"] if len(families) == 1 and None not in families else argv
+
+
 def hydra_cli(main, command: str) -> None:
     """Run a @hydra.main entry point with Hydra's refusals (an unknown key, experiment or scale, a malformed
     override) as one line and exit 2, instead of Hydra's several lines and exit 1."""
@@ -101,6 +115,7 @@ def hydra_cli(main, command: str) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises what it refuses instead of printing it
+    sys.argv = sweep_family(sys.argv)
     try:
         main()
     except (HydraException, OmegaConfBaseException) as e:

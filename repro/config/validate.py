@@ -54,19 +54,24 @@ def _signal(name: str) -> bool:
 _POSITIVE, _NON_NEGATIVE = _at_least(1), _at_least(0)
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
-def _experiment_family(experiment: str) -> str | None:
-    """The family an experiment file selects (`override /family: X` in conf/experiment/<name>.yaml)."""
+def experiment_family(experiment: str) -> str | None:
+    """The family an experiment file selects (`override /family: X` in conf/experiment/<name>.yaml, or in
+    the experiment it builds on: bn_x30 on bn_x5, ensemble_1 on bn_x30)."""
     path = Path(CONF_DIR) / "experiment" / f"{experiment}.yaml"
     try:
         defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
     except (OSError, yaml.YAMLError):
         return None
-    return next((d["override /family"] for d in defaults if isinstance(d, dict) and "override /family" in d), None)
+    for d in defaults:
+        if isinstance(d, dict) and "override /family" in d:
+            return d["override /family"]
+    bases = [d for d in defaults if isinstance(d, str) and d != "_self_" and d != experiment]
+    return next((f for f in map(experiment_family, bases) if f is not None), None)
 
 
 RULES: list[tuple[str, Callable, str]] = [(k, *t) for k, t in (
     ("seed", _NON_NEGATIVE),
-    ("family", ((lambda v, c: _experiment_family(c.experiment) in (None, v)),
+    ("family", ((lambda v, c: experiment_family(c.experiment) in (None, v)),
                 "the family its experiment's file selects (leave family= out; experiment=fig1_bn family=imagenet "
                 "would train an Inception under the name fig1_bn)")),
     ("resume", _one_of("never", "auto", "force")),
