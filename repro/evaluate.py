@@ -226,6 +226,9 @@ def evaluate_runs(run_dirs: list[str | Path], crops: int = 1, bn_stats: str = "e
     t0 = time.perf_counter()
     runs = load_runs(run_dirs, device, full_test)
     data = runs[0].data
+    if limit is not None and limit > len(data.labels):
+        raise ReproError(f"--limit {limit}: this test set has only {len(data.labels)} images; give at most "
+                         f"{len(data.labels)}, or leave --limit out for all")
     y_test = data.labels[:limit]  # limit: the first N images
     crop_size = crop_size or data.image_size  # the size the runner trained and evaluated at
     if isinstance(data, FolderData) and crop_size != data.image_size:

@@ -98,6 +98,8 @@ def test_full_test_set_scores_the_whole_split_after_checking_the_run(smoke_run):
     assert whole["n_images"] == whole["dataset"]["n_test"] > N_TEST  # the smoke data's whole test split
     assert whole["predictions"][:N_TEST] == own["predictions"]
     assert evaluate_runs([smoke_run], full_test=True, limit=700)["n_images"] == 700
+    with pytest.raises(ReproError, match=f"--limit 700: this test set has only {N_TEST} images"):
+        evaluate_runs([smoke_run], limit=700)  # more than the run's own test set: refused, not scored on fewer
 
 
 @pytest.mark.parametrize("experiment", ["bn_x30", "ensemble_5", "fig1_bn"])  # ensemble_5: per-activation BN
