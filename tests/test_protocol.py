@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from repro.report import ledger_for, load_ledger
+from repro.report.fig2 import check_preconditions, horizon_note
 from repro.report.fig2_rule import choose_length, choose_protocol, choose_rate, rule_order, rule_rates
 from repro.report.pipeline import render, verify
 from repro.report.stats import tail_mean
@@ -103,6 +104,22 @@ def test_a_run_at_chance_never_passes_the_doubling_test():
     got = choose_length(LEDGER, lambda n: at.get(n, {}))
     assert got.stalled == {"steps": 4800, "seeds": [2], "finals": at[4800]} and got.need == [] and got.length is None
     assert [r["rung"] for r in got.rungs] == [2400]  # the rung whose 2L run stalled is recorded, failed
+
+
+def test_the_report_says_why_the_speed_claims_are_for_the_record_when_inception_has_not_converged():
+    def curve(final, length):  # evaluations every L/10; the tail (>= 0.7 L) all at `final`
+        steps = np.arange(1, 11) * length // 10
+        return steps, np.where(steps >= 0.7 * length, final, final - 0.1)
+
+    curves = {"inception": {s: curve(0.80, 9600) for s in (1, 2, 3)}}
+    doubled = {1: curve(0.8454, 19200), 2: curve(0.81, 19200), 3: curve(0.80, 19200)}
+    pre = check_preconditions({k: LEDGER[k] for k in ("final_accuracy", "doubling")}
+                              | {"preconditions": {"inception_converged": LEDGER["preconditions"]["inception_converged"]}},
+                              curves, 9600, doubled)["inception_converged"]
+    assert not pre["holds"] and pre["per_seed"] == "gain 1: 4.54, 2: 1, 3: 0 points"
+    note = horizon_note({"inception_converged": pre}, True, 9600)
+    assert "**Inception had not converged**" in note and "from 9,600 to 19,200 steps" in note and "4.54" in note
+    assert horizon_note({"inception_converged": pre | {"holds": True}}, True, 9600) == ""
 
 
 RULE = {0.0015: finals(0.4467, 0.6585, 0.6695), 0.0045: finals(0.6945, 0.6927, 0.7176),
