@@ -27,8 +27,8 @@ from repro.errors import ReproError
 from repro.report import ledger_for, load_ledger
 from repro.report.fig2 import VARIANTS
 from repro.report.fig2_rule import choose_protocol, finals_from_runs, rate_str, rule_table
-from repro.runs import lock
-from repro.runs.records import select_runs
+from repro.runs import lock, rundir
+from repro.runs.records import read_run, recipe_config, select_runs
 
 
 def sweep(overrides: list[str], runs_dir: Path, jobs: int, dry_run: bool) -> None:
@@ -124,6 +124,8 @@ def run_fig2(runs_dir: Path, scale: str, ledger_path: Path, out: Path, jobs: int
     print(f"protocol: L = {length:,} steps ({'accepted' if accepted else 'no rung accepted'})", flush=True)
 
     recipe = [f"optim.lr={rate_str(rate)}", f"train.steps={length}"]
+    print(f"protocol: the suite ({len(VARIANTS)} variants x {len(rule['seeds'])} seeds at {length:,} steps): "
+          + suite_progress(runs_dir, scale, tuple(recipe), tuple(rule["seeds"])), flush=True)
     if not _finished(runs_dir, scale, tuple(recipe), tuple(rule["seeds"])):
         sweep(["experiment=" + ",".join(VARIANTS), *base, *recipe], runs_dir, jobs, dry_run)
     if not dry_run:
@@ -133,6 +135,27 @@ def run_fig2(runs_dir: Path, scale: str, ledger_path: Path, out: Path, jobs: int
         print(f"protocol: wrote {fig2_rule.build(runs_dir, scale, out, ledger_path)}", flush=True)
         print(f"protocol: wrote {build('fig2', runs_dir, scale, out, ledger_path, tuple(recipe))}", flush=True)
     return {"rate": rate, "length": length, "accepted": accepted}
+
+
+def suite_progress(runs_dir: Path, scale: str, recipe: tuple[str, ...], seeds: tuple[int, ...]) -> str:
+    """Where the suite stands, in one line: its runs (the recipe's settings, the ledger's seeds) that have
+    finished, those stopped part-way with the last step each recorded, and how many have not started."""
+    identity = {v: rundir.identity_hash(recipe_config(v, scale, recipe)) for v in VARIANTS}
+    state: dict[tuple[str, int], int | None] = {}  # None: finished; else the last step recorded
+    for cfg in sorted(Path(runs_dir).glob("*/config.yaml")):
+        run = read_run(cfg.parent)
+        if (run.experiment in identity and run.seed in seeds and run.config["scale"]["name"] == scale
+                and run.identity == identity[run.experiment]):
+            key, done = (run.experiment, run.seed), run.summary is not None and run.summary.get("status") != "preempted"
+            if done:
+                state[key] = None
+            elif state.get(key, 0) is not None:  # a second directory of the same run: the furthest
+                state[key] = max(run.last_step, state.get(key, 0))
+    finished = sum(x is None for x in state.values())
+    partway = [f"{v} s{s} at {x:,}" for v in VARIANTS for s in seeds if (x := state.get((v, s))) is not None]
+    todo = len(VARIANTS) * len(seeds) - len(state)
+    return (f"{finished} finished" + (f"; {len(partway)} part-way ({', '.join(partway)})" if partway else "")
+            + (f"; {todo} not started" if todo else ""))
 
 
 def _finished(runs_dir: Path, scale: str, recipe: tuple[str, ...], seeds: tuple[int, ...]) -> bool:

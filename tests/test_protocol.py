@@ -15,11 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
+from repro.protocol import suite_progress
 from repro.report import ledger_for, load_ledger
 from repro.report.fig2 import check_preconditions, horizon_note
 from repro.report.fig2_rule import choose_length, choose_protocol, choose_rate, rule_order, rule_rates
 from repro.report.pipeline import render, verify
 from repro.report.stats import tail_mean
+from repro.runs.records import recipe_config
 from tests.conftest import DATA, ROOT, needs_mnist
 
 LEDGER = load_ledger(ROOT / "results" / "fig2" / "protocol.yaml")
@@ -179,6 +181,26 @@ TINY = {
 }
 
 
+def test_suite_progress_counts_finished_part_way_and_missing_runs(tmp_path):
+    recipe = ("optim.lr=0.01", "train.steps=8")
+
+    def record(name, experiment, seed, status, last_step, overrides=recipe):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(yaml.safe_dump(recipe_config(experiment, "smoke", (*overrides, f"seed={seed}"))))
+        (d / "metrics.jsonl").write_text(json.dumps({"step": last_step}) + "\n")
+        if status:
+            (d / "summary.json").write_text(json.dumps({"status": status}))
+
+    record("a", "bn_x5", 1, "complete", 8)
+    record("b", "bn_x30", 2, "preempted", 3)  # stopped by a signal, with a checkpoint
+    record("c", "inception", 1, None, 5)  # under way, or killed without a signal
+    record("d", "inception", 2, "diverged", 6)  # an outcome: finished
+    record("e", "bn_x5", 2, "complete", 8, ("optim.lr=0.02", "train.steps=8"))  # another rate: not the suite's
+    assert suite_progress(tmp_path, "smoke", recipe, (1, 2)) == (
+        "2 finished; 2 part-way (inception s1 at 5, bn_x30 s2 at 3); 8 not started")
+
+
 @needs_mnist
 @pytest.mark.slow
 def test_protocol_runs_end_to_end_and_resumes_nothing_twice(tmp_path):
@@ -201,8 +223,11 @@ def test_protocol_runs_end_to_end_and_resumes_nothing_twice(tmp_path):
     made = sorted(p.name for p in runs.glob("*/config.yaml"))
     # rates 0.01, 0.03 and the winner's extension at 4 steps, the winner at 8 steps, five more variants
     assert len(made) == 2 + 1 + 1 + 5, made
+    # the doubling test's Inception at L is the suite's: one of its six runs was there before it started
+    assert "protocol: the suite (6 variants x 1 seeds at 4 steps): 1 finished; 5 not started" in done.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and sorted(p.name for p in runs.glob("*/config.yaml")) == made
+    assert "protocol: the suite (6 variants x 1 seeds at 4 steps): 6 finished\n" in again.stdout
     assert verify(out) == []  # both reports rebuild from their runs.csv and meta.json alone
     # before the doubling test's 8-step run has finished, the rule's record says what is still to run
     part = tmp_path / "partial"
