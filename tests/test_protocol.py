@@ -221,6 +221,9 @@ def test_protocol_runs_end_to_end_and_resumes_nothing_twice(tmp_path):
     assert sum(k.startswith("1 Inception at") and " / patch " in k for k in drawn) == 2
     report = (out / "fig2" / "smoke" / "report.md").read_text()
     assert "The protocol ledger" in report and "final accuracy (the mean of its evaluations at steps ≥ 0.5 L)" in report
+    # the protocol's "maximum" and Inception's rate are named as what they are, not as the paper's
+    assert "ours: final accuracy (%), per seed" in report and "ours: max (%)" not in report
+    assert "chosen by a rule that reads Inception's runs only" in report and "(§4.2.2) x lr_mult" not in report
     made = sorted(p.name for p in runs.glob("*/config.yaml"))
     # rates 0.01, 0.03 and the winner's extension at 4 steps, the winner at 8 steps, five more variants
     assert len(made) == 2 + 1 + 1 + 5, made
