@@ -56,7 +56,7 @@ reproduce-fig2: install data ## Figures 2-3: the six Inception variants for SEED
 	$(PY) -m repro.train -m experiment=$(FIG2) scale=$(SCALE) seed=$(SEEDS) resume=auto runs_dir=$(RUNS) $(PARALLEL)
 	$(PY) -m repro.report fig2 --scale $(SCALE) --runs-dir $(RUNS) --out $(OUT)
 
-fig2-protocol: install data ## Figures 2-3 by the protocol fixed before its runs (results/fig2/protocol.yaml): Inception's rate by its rule, L by doubling, the six variants (~3-5 h on 2 cores; rerun to resume), then OUT/fig2_rule/ and OUT/fig2/cpu_tuned/
+fig2-protocol: install data ## Figures 2-3 by the protocol fixed before its runs (results/fig2/protocol.yaml): Inception's rate by its rule, L by doubling, the six variants (~3 h if Inception converges at 2,400 steps; here the doubling ladder ran five rungs at two rates: 36 run-hours, about 12 h on 2 cores; rerun to resume), then OUT/fig2_rule/ and OUT/fig2/cpu_tuned/
 	$(PY) scripts/need_data.py experiment=inception scale=cpu_tuned "make $@"
 	$(PY) -m repro.protocol fig2 --scale cpu_tuned --runs-dir $(RUNS) --out $(OUT) --jobs $(JOBS)
 
