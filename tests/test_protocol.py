@@ -123,6 +123,11 @@ def test_the_report_says_why_the_speed_claims_are_for_the_record_when_inception_
     assert "**Inception had not converged** by the ledger's doubling test (per seed, Inception's final accuracy at " \
            "19,200 steps minus at 9,600 ≤ 1.5 points, both runs above 15%" in note and ": gain 1: 4.54, 2: 1, 3: 0 points" in note
     assert horizon_note({"inception_converged": pre | {"holds": True}}, True) == ""
+    # the ladder's last rung as L: why no longer L was tried; an earlier L (a rung accepted) says nothing of it
+    assert "No rung of the ledger's ladder (2,400, 4,800, 9,600) was accepted, so L is its last, and a further rung " \
+           "(Inception at 38,400 steps) is beyond the protocol's budget." in horizon_note(
+               {"inception_converged": pre}, True, (2400, 4800, 9600), 9600)
+    assert "No rung" not in horizon_note({"inception_converged": pre}, True, (2400, 4800, 9600), 4800)
 
 
 RULE = {0.0015: finals(0.4467, 0.6585, 0.6695), 0.0045: finals(0.6945, 0.6927, 0.7176),

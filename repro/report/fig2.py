@@ -201,15 +201,19 @@ def finish_plot(fig, ax, title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def horizon_note(pre: dict, proto: bool) -> str:
-    """Why the speed-up numbers are for the record only, where Inception's precondition fails ("" where it holds)."""
+def horizon_note(pre: dict, proto: bool, rungs: tuple[int, ...] = (), length: int = 0) -> str:
+    """Why the speed-up numbers are for the record only, where Inception's precondition fails ("" where it holds);
+    under the protocol, with the doubling ladder's `rungs` and the runs' `length`: why no longer L was tried."""
     if proto:
         p = pre.get("inception_converged")
+        ladder = (f" No rung of the ledger's ladder ({', '.join(f'{r:,}' for r in rungs)}) was accepted, so L is its "
+                  f"last, and a further rung (Inception at {4 * rungs[-1]:,} steps) is beyond the protocol's budget."
+                  if rungs and length == rungs[-1] else "")
         return ("" if p is None or p["holds"] else
                 f"\n**Inception had not converged** by the ledger's doubling test ({p['definition']}): {p['per_seed']} "
-                "(every rung is in [`results/fig2/rule.md`](../rule.md)). Its final accuracy here is set by the runs' length, so the "
-                "speed-up claims and BN-x30's highest maximum are not testable at this scale, and their numbers below "
-                "are printed for the record only.\n")
+                f"(every rung is in [`results/fig2/rule.md`](../rule.md)).{ladder} Its final accuracy here is set by the runs' "
+                "length, so the speed-up claims and BN-x30's highest maximum are not testable at this scale, and their "
+                "numbers below are printed for the record only.\n")
     p = pre.get("inception_plateaued")
     return ("" if p is None or p["holds"] else
             "\n**Inception had not plateaued** by the ledger's definition (see Preconditions), so its maximum "
@@ -255,7 +259,7 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     t, o, m = cfg["train"], cfg["optim"], cfg["model"]
     first_eval = min(float(c[0][0]) for cs in curves.values() for c in cs.values() if len(c[0]))
     grid_cap = max(st[s]["base_to_max"] for s in seeds) / first_eval
-    horizon = horizon_note(pre, proto)
+    horizon = horizon_note(pre, proto, tuple(ledger["doubling"]["rungs"]) if proto else (), length)
     at = ledger["final_accuracy"]["from"] if proto else 1
     maximum = f"final accuracy (the mean of its evaluations at steps ≥ {at:g} L)" if proto else "maximum"
     grid = (f"every {t['eval_every']} steps" + (f" and at {t['eval_log']} log-spaced steps below that, from step "
