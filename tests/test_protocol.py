@@ -228,6 +228,10 @@ def test_protocol_runs_end_to_end_and_resumes_nothing_twice(tmp_path):
     assert "The protocol ledger" in report and "final accuracy (the mean of its evaluations at steps ≥ 0.5 L)" in report
     # the protocol's "maximum" and Inception's rate are named as what they are, not as the paper's
     assert "ours: final accuracy (%), per seed" in report and "ours: max (%)" not in report
+    # the doubling test's 8-step Inception is read by the precondition, not listed as excluded
+    doubled = [p.parent.name for p in runs.glob("inception-*/config.yaml") if "steps: 8\n" in p.read_text()]
+    assert len(doubled) == 1 and f"only: the doubling test's Inception at 8 steps ({doubled[0]})" in report
+    assert f"excluded: {doubled[0]}" not in report
     assert "chosen by a rule that reads Inception's runs only" in report and "(§4.2.2) x lr_mult" not in report
     made = sorted(p.name for p in runs.glob("*/config.yaml"))
     # rates 0.01, 0.03 and the winner's extension at 4 steps, the winner at 8 steps, five more variants

@@ -274,6 +274,16 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
                    "The ledger's thresholds were fixed before the first cpu-scale runs; its statistics were made per seed,\n"
                    "with interval verdicts and the plateau preconditions, in a commit of their own "
                    f"(`{(meta['ledger']['ledger_commit'] or '?')[:10]}`)\nbefore these runs, thresholds unchanged.")
+    doubling = {r["run"]: r for r in meta.get("doubling_runs", [])}  # read by the precondition, not by the claims
+    runs = runs_section({**meta, "excluded": [x for x in meta["excluded"] if x.split(":")[0] not in doubling]})
+    if doubling:  # beside the runs used
+        used, rest = runs.split("\n- used: ", 1)[0], runs.split("\n- used: ", 1)[1].split("\n", 1)
+        runs = (f"{used}\n- used: {rest[0]}\n- read by the precondition `inception_converged` only: the doubling "
+                f"test's Inception at {max(r['steps'] for r in doubling.values()):,} steps ({', '.join(sorted(doubling))})"
+                f"\n{rest[1]}")
+    if proto and meta["excluded"]:
+        runs += ("\nThe runs excluded here at other rates or lengths are the rate rule's and the doubling test's: "
+                 "[`results/fig2/rule.md`](../rule.md) reads them.\n")
     decay = "to 2% of the start at the last step" if proto else f"every {o['decay_steps']} steps (steps / 30)"
     paper_lr = ledger["rate_rule"]["rates"][0] if proto else None  # the rule's grid starts at the paper's rate
     rate = (f"{o['lr']} (Inception's, by the ledger's rule: [`results/fig2/rule.md`](../rule.md); the paper's "
@@ -302,7 +312,7 @@ number below is re-derived from `runs.csv` and `meta.json` beside this file by `
 | evaluation | single-crop top-1 on the {data['n_test']:,} validation images {grid}: speed-ups up to {grid_cap:.0f}x are resolved (interpolated between evaluations), larger ones are capped there |
 | hardware | {env['device']}, torch {env['torch']}, {env['cpu_threads']} thread(s) per run (each run's wall time is in `meta.json`; it depends on the machine, so this file leaves it out) |
 
-{runs_section(meta)}
+{runs}
 ## Claims
 {ledger_note}
 
