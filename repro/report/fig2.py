@@ -259,7 +259,9 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
     t, o, m = cfg["train"], cfg["optim"], cfg["model"]
     first_eval = min(float(c[0][0]) for cs in curves.values() for c in cs.values() if len(c[0]))
     grid_cap = max(st[s]["base_to_max"] for s in seeds) / first_eval
-    horizon = horizon_note(pre, proto, tuple(ledger["doubling"]["rungs"]) if proto else (), length)
+    # the ladder ran out only where its last rung's runs at 2L are here (else that rung is untested, not rejected)
+    rungs = tuple(ledger["doubling"]["rungs"]) if proto and meta.get("doubling_runs") else ()
+    horizon = horizon_note(pre, proto, rungs, length)
     at = ledger["final_accuracy"]["from"] if proto else 1
     maximum = f"final accuracy (the mean of its evaluations at steps ≥ {at:g} L)" if proto else "maximum"
     grid = (f"every {t['eval_every']} steps" + (f" and at {t['eval_log']} log-spaced steps below that, from step "
@@ -275,13 +277,14 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
                    "with interval verdicts and the plateau preconditions, in a commit of their own "
                    f"(`{(meta['ledger']['ledger_commit'] or '?')[:10]}`)\nbefore these runs, thresholds unchanged.")
     doubling = {r["run"]: r for r in meta.get("doubling_runs", [])}  # read by the precondition, not by the claims
-    runs = runs_section({**meta, "excluded": [x for x in meta["excluded"] if x.split(":")[0] not in doubling]})
+    excluded = [x for x in meta["excluded"] if x.split(":")[0] not in doubling]
+    runs = runs_section({**meta, "excluded": excluded})
     if doubling:  # beside the runs used
         used, rest = runs.split("\n- used: ", 1)[0], runs.split("\n- used: ", 1)[1].split("\n", 1)
         runs = (f"{used}\n- used: {rest[0]}\n- read by the precondition `inception_converged` only: the doubling "
                 f"test's Inception at {max(r['steps'] for r in doubling.values()):,} steps ({', '.join(sorted(doubling))})"
                 f"\n{rest[1]}")
-    if proto and meta["excluded"]:
+    if proto and excluded:
         runs += ("\nThe runs excluded here at other rates or lengths are the rate rule's and the doubling test's: "
                  "[`results/fig2/rule.md`](../rule.md) reads them.\n")
     decay = "to 2% of the start at the last step" if proto else f"every {o['decay_steps']} steps (steps / 30)"
