@@ -27,8 +27,8 @@ from repro.errors import ReproError
 from repro.report import ledger_for, load_ledger
 from repro.report.fig2 import VARIANTS
 from repro.report.fig2_rule import choose_protocol, finals_from_runs, rate_str, rule_table
-from repro.runs import lock, rundir
-from repro.runs.records import read_run, recipe_config, select_runs
+from repro.runs import lock
+from repro.runs.records import select_runs
 
 
 def sweep(overrides: list[str], runs_dir: Path, jobs: int, dry_run: bool) -> None:
@@ -140,20 +140,10 @@ def run_fig2(runs_dir: Path, scale: str, ledger_path: Path, out: Path, jobs: int
 def suite_progress(runs_dir: Path, scale: str, recipe: tuple[str, ...], seeds: tuple[int, ...]) -> str:
     """Where the suite stands, in one line: its runs (the recipe's settings, the ledger's seeds) that have
     finished, those stopped part-way with the last step each recorded, and how many have not started."""
-    identity = {v: rundir.identity_hash(recipe_config(v, scale, recipe)) for v in VARIANTS}
-    state: dict[tuple[str, int], int | None] = {}  # None: finished; else the last step recorded
-    for cfg in sorted(Path(runs_dir).glob("*/config.yaml")):
-        run = read_run(cfg.parent)
-        if (run.experiment in identity and run.seed in seeds and run.config["scale"]["name"] == scale
-                and run.identity == identity[run.experiment]):
-            key, done = (run.experiment, run.seed), run.summary is not None and run.summary.get("status") != "preempted"
-            if done:
-                state[key] = None
-            elif state.get(key, 0) is not None:  # a second directory of the same run: the furthest
-                state[key] = max(run.last_step, state.get(key, 0))
-    finished = sum(x is None for x in state.values())
-    partway = [f"{v} s{s} at {x:,}" for v in VARIANTS for s in seeds if (x := state.get((v, s))) is not None]
-    todo = len(VARIANTS) * len(seeds) - len(state)
+    sel = select_runs(runs_dir, VARIANTS, scale, recipe, seeds, require=False)
+    finished = sum(len(rs) for rs in sel.runs.values())
+    partway = [f"{v} s{s} at {x:,}" for v in VARIANTS for s in seeds if (x := sel.unfinished.get((v, s))) is not None]
+    todo = len(VARIANTS) * len(seeds) - finished - len(partway)
     return (f"{finished} finished" + (f"; {len(partway)} part-way ({', '.join(partway)})" if partway else "")
             + (f"; {todo} not started" if todo else ""))
 

@@ -203,8 +203,9 @@ def run_meta(sel, provenance: dict) -> dict:
     }
 
 
-def runs_section(meta: dict) -> str:
-    """Which runs were used, which were not and why, and whether the ledger came first."""
+def runs_section(meta: dict, also: list[str] = ()) -> str:
+    """Which runs were used, which were not and why, and whether the ledger came first; `also`: lines on other
+    runs a figure reads, listed beside those used."""
     led = meta["ledger"]
     states = defaultdict(list)
     for r in meta["runs"]:
@@ -229,7 +230,7 @@ def runs_section(meta: dict) -> str:
                  f"directory, logger keys and data paths) equals the recipe's at this scale" +
                  (f" with `{' '.join(meta['overrides'])}`" if meta.get("overrides") else "") + ": "
                  + ", ".join(f"{e} `{h}`" for e, h in meta["recipe_identity"].items()) + ". " + ledger, ""]
-    lines += [f"- used: {len(meta['runs'])} runs, seeds {sorted({r['seed'] for r in meta['runs']})}"]
+    lines += [f"- used: {len(meta['runs'])} runs, seeds {sorted({r['seed'] for r in meta['runs']})}", *also]
     lines += [f"- diverged: {d}" for d in diverged]
     lines += [f"- missing: {e} has no run of seed(s) {s}" for e, s in meta["missing_seeds"].items()]
     lines += [f"- excluded: {x}" for x in meta["excluded"]] or ["- excluded: none"]

@@ -278,12 +278,9 @@ def render(long: Long, meta: dict, ledger: dict, out: Path) -> str:
                    f"(`{(meta['ledger']['ledger_commit'] or '?')[:10]}`)\nbefore these runs, thresholds unchanged.")
     doubling = {r["run"]: r for r in meta.get("doubling_runs", [])}  # read by the precondition, not by the claims
     excluded = [x for x in meta["excluded"] if x.split(":")[0] not in doubling]
-    runs = runs_section({**meta, "excluded": excluded})
-    if doubling:  # beside the runs used
-        used, rest = runs.split("\n- used: ", 1)[0], runs.split("\n- used: ", 1)[1].split("\n", 1)
-        runs = (f"{used}\n- used: {rest[0]}\n- read by the precondition `inception_converged` only: the doubling "
-                f"test's Inception at {max(r['steps'] for r in doubling.values()):,} steps ({', '.join(sorted(doubling))})"
-                f"\n{rest[1]}")
+    runs = runs_section({**meta, "excluded": excluded}, [
+        f"- read by the precondition `inception_converged` only: the doubling test's Inception at "
+        f"{max(r['steps'] for r in doubling.values()):,} steps ({', '.join(sorted(doubling))})"] if doubling else [])
     if proto and excluded:
         runs += ("\nThe runs excluded here at other rates or lengths are the rate rule's and the doubling test's: "
                  "[`results/fig2/rule.md`](../rule.md) reads them.\n")

@@ -96,16 +96,18 @@ class Selection:
     excluded: list[str]  # "run name: reason", one per candidate left out
     missing: dict[str, list[int]]  # experiment -> seeds that other experiments have and it lacks
     identity: dict[str, str]  # experiment -> the recipe's identity hash
+    unfinished: dict[tuple[str, int], int] = field(default_factory=dict)  # (experiment, seed) -> furthest step
 
 
 def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: tuple[str, ...] = (),
-                seeds: tuple[int, ...] | None = None) -> Selection:
+                seeds: tuple[int, ...] | None = None, require: bool = True) -> Selection:
     """The runs of `experiments` at `scale` under `runs_dir` that match the recipe, and why the others do not.
-    With `seeds` (a figure made from those seeds only, as Figure 4 from seed 1) other seeds are not candidates."""
+    With `seeds` (a figure made from those seeds only, as Figure 4 from seed 1) other seeds are not candidates.
+    `require`: an experiment with no finished run is refused (else it is listed with none)."""
     recipes = {e: recipe_config(e, scale, overrides) for e in experiments}
     identity = {e: rundir.identity_hash(c) for e, c in recipes.items()}
     chosen: dict[tuple[str, int], Run] = {}
-    excluded = []
+    excluded, unfinished = [], {}
     for cfg_path in sorted(Path(runs_dir).glob("*/config.yaml")):
         run = read_run(cfg_path.parent)
         if run.experiment not in experiments or run.config.get("scale", {}).get("name") != scale:
@@ -118,6 +120,8 @@ def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: t
                             + (f" and {len(diff) - 6} more" if len(diff) > 6 else ""))
         elif run.summary is None or run.summary.get("status") == "preempted":
             excluded.append(f"{run.name}: unfinished (last recorded step {run.last_step:,})")
+            key = (run.experiment, run.seed)
+            unfinished[key] = max(run.last_step, unfinished.get(key, 0))
         else:
             key = (run.experiment, run.seed)
             if key in chosen:  # the same settings and seed twice: keep the later, say so
@@ -125,13 +129,14 @@ def select_runs(runs_dir: Path, experiments: list[str], scale: str, overrides: t
             chosen[key] = run
     runs = {e: sorted((r for (x, _), r in chosen.items() if x == e), key=lambda r: r.seed) for e in experiments}
     absent = [e for e, rs in runs.items() if not rs]
-    if absent:
+    if absent and require:
         raise ReproError(f"no finished {scale}-scale runs of {absent} with the recipe's settings under {runs_dir}"
                          + (f" ({len(excluded)} excluded: {'; '.join(excluded[:3])})" if excluded else "")
                          + f": run them first (e.g. python -m repro.train -m experiment={','.join(absent)} scale={scale})")
     seeds = sorted(seeds or {r.seed for rs in runs.values() for r in rs})
     missing = {e: [s for s in seeds if s not in {r.seed for r in rs}] for e, rs in runs.items()}
-    return Selection(runs, excluded, {e: m for e, m in missing.items() if m}, identity)
+    return Selection(runs, excluded, {e: m for e, m in missing.items() if m}, identity,
+                     {k: step for k, step in unfinished.items() if k not in chosen})
 
 
 def recipe_problems(run_dirs: list[Path]) -> list[str]:
